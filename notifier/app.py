@@ -1,0 +1,87 @@
+"""The Flask app factory and the services every request handler shares."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from flask import Flask, current_app, jsonify
+from flask.typing import ResponseReturnValue
+from sqlalchemy import Engine
+from werkzeug.exceptions import HTTPException
+
+from notifier.db import make_engine
+from notifier.outbox import Clinic
+from notifier.plan import Plan, load_plans
+from notifier.privacy import PhoneMaskingFilter
+from notifier.settings import Settings
+
+MAX_BODY_BYTES = 64 * 1024
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    engine: Engine
+    plans: dict[str, Plan]
+    clock: Clock
+
+    @property
+    def clinic(self) -> Clinic:
+        return Clinic(self.settings.clinic_name, self.settings.clinic_phone)
+
+
+def create_app(
+    settings: Settings | None = None, *, engine: Engine | None = None, clock: Clock = utc_now
+) -> Flask:
+    """Build the web app. Configuration and plans are validated here, so a bad
+    deploy stops at start-up (`ConfigError` / `PlanError`) rather than on a request."""
+    from webhooks import booking, health, staff
+
+    settings = settings or Settings.from_env()
+    install_log_masking()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["aftercare"] = Services(
+        settings=settings,
+        engine=engine or make_engine(settings.database_url),
+        plans=load_plans(settings.plans_dir),
+        clock=clock,
+    )
+    for blueprint in (booking.bp, staff.bp, health.bp):
+        app.register_blueprint(blueprint)
+    app.register_error_handler(HTTPException, _json_error)
+    return app
+
+
+def services() -> Services:
+    """The services of the app handling the current request."""
+    found: Services = current_app.extensions["aftercare"]
+    return found
+
+
+def install_log_masking() -> None:
+    """Mask phone numbers on every root handler (a safety net under explicit masking)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    for handler in root.handlers:
+        if not any(isinstance(f, PhoneMaskingFilter) for f in handler.filters):
+            handler.addFilter(PhoneMaskingFilter())
+
+
+def _json_error(error: HTTPException) -> ResponseReturnValue:
+    """Every HTTP error is JSON with the status's reason, never an HTML page."""
+    code = error.code or 500
+    return jsonify({"error": error.name, "message": error.description}), code

@@ -1,0 +1,243 @@
+"""The `aftercare` command: run, worker, dispatch, db upgrade, plan check/preview."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import click
+
+from notifier import migrate
+from notifier.db import make_engine
+from notifier.plan import PlanError, load_plans
+from notifier.preview import render_preview
+from notifier.settings import ConfigError, Settings
+from notifier.worker import WorkerLockError, build_dispatcher, run_worker, single_worker_lock
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def clear_errors(command: F) -> F:
+    """Configuration, plan and lock problems end the command with one clear line."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ConfigError as error:
+            raise click.ClickException(f"configuration error: {error}") from None
+        except PlanError as error:
+            raise click.ClickException("plan error:\n" + str(error)) from None
+        except WorkerLockError as error:
+            raise click.ClickException(str(error)) from None
+        except migrate.NotMigrated as error:
+            raise click.ClickException(str(error)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group()
+def main() -> None:
+    """Aftercare Notifier: texts patients their aftercare instructions on time."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option(
+    "--port", default=8000, show_default=True, envvar="PORT", type=click.IntRange(1, 65535)
+)
+@clear_errors
+def run(host: str, port: int) -> None:
+    """The whole service in one process: web and dispatcher (migrates first)."""
+    from notifier.server import serve
+
+    settings = Settings.from_env()
+    load_plans(settings.plans_dir)
+    migrate.upgrade(settings.database_url)
+    with single_worker_lock(settings.database_url):
+        pass  # fail now, clearly, if a separate worker already holds the SQLite database
+    sender = "Twilio" if settings.twilio else "console (no Twilio credentials set)"
+    click.echo(f"aftercare: http://{host}:{port}  database {_safe_url(settings)}  sender {sender}")
+    serve(settings, host, port)
+
+
+@main.command()
+@clear_errors
+def worker() -> None:
+    """The dispatcher loop alone (APScheduler), every DISPATCH_INTERVAL_SECONDS."""
+    from notifier.app import install_log_masking
+
+    install_log_masking()
+    settings = Settings.from_env()
+    migrate.ensure_current(settings.database_url)
+    run_worker(settings, make_engine(settings.database_url))
+
+
+@main.command()
+@clear_errors
+def dispatch() -> None:
+    """One dispatch pass now, then exit, printing what it did."""
+    settings = Settings.from_env()
+    migrate.ensure_current(settings.database_url)
+    engine = make_engine(settings.database_url)
+    with single_worker_lock(settings.database_url):
+        dispatcher = build_dispatcher(settings, engine)
+        try:
+            report = dispatcher.run_pass(datetime.now(UTC))
+        finally:
+            dispatcher.close()
+    click.echo(f"dispatch: {report.summary()}")
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command()
+@clear_errors
+def upgrade() -> None:
+    """Apply every pending migration (Alembic)."""
+    settings = Settings.from_env()
+    migrate.upgrade(settings.database_url)
+    click.echo(
+        f"database {_safe_url(settings)} is at revision {migrate.current(settings.database_url)}"
+    )
+
+
+@main.group()
+def plan() -> None:
+    """Aftercare plans in config/plans/."""
+
+
+@plan.command()
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Plan directory (default: config/plans).",
+)
+@clear_errors
+def check(directory: Path | None) -> None:
+    """Validate every plan file; each problem names its file and step."""
+    plans = load_plans(directory or Settings.from_env().plans_dir)
+    for kind, item in sorted(plans.items()):
+        click.echo(f"ok  {kind}: {len(item.steps)} steps, languages {', '.join(item.languages)}")
+
+
+@plan.command()
+@click.option("--kind", required=True, help="Treatment kind, e.g. scalp_micropigmentation.")
+@click.option(
+    "--performed-at",
+    "performed_at",
+    required=True,
+    help="ISO 8601 with offset, e.g. 2027-03-01T10:00:00+04:00.",
+)
+@click.option("--tz", "timezone", required=True, help="Patient's IANA timezone.")
+@click.option("--lang", "language", default="en", show_default=True, help="Language tag.")
+@click.option("--first-name", default="Omar", show_default=True)
+@click.option(
+    "--now",
+    "now_text",
+    default=None,
+    help="Enrolment time (ISO 8601, default: the treatment time).",
+)
+@clear_errors
+def preview(
+    kind: str,
+    performed_at: str,
+    timezone: str,
+    language: str,
+    first_name: str,
+    now_text: str | None,
+) -> None:
+    """Show a plan's timeline in the patient's local time."""
+    settings = Settings.from_env()
+    plans = load_plans(settings.plans_dir)
+    if kind not in plans:
+        raise click.BadParameter(
+            f"no plan {kind!r} (known: {', '.join(sorted(plans))})", param_hint="--kind"
+        )
+    try:
+        tz = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise click.BadParameter(
+            f"{timezone!r} is not an IANA timezone name", param_hint="--tz"
+        ) from None
+    performed = _aware(performed_at, "--performed-at")
+    now = _aware(now_text, "--now") if now_text else performed
+    click.echo(render_preview(plans[kind], performed, tz, now, language, first_name, settings))
+
+
+@main.group()
+def booking() -> None:
+    """Talk to the booking webhook like a booking system does."""
+
+
+@booking.command("post")
+@click.argument("event", type=click.File("rb"))
+@click.option("--url", default="http://127.0.0.1:8000/webhooks/booking", show_default=True)
+@clear_errors
+def post(event: Any, url: str) -> None:
+    """Sign EVENT (a JSON file, or - for stdin) with BOOKING_WEBHOOK_SECRET and POST it."""
+    from webhooks.signature import sign
+
+    secret = Settings.from_env().booking_webhook_secret
+    if not secret:
+        raise click.ClickException("BOOKING_WEBHOOK_SECRET is unset: nothing to sign with")
+    if not url.startswith(("http://", "https://")):
+        raise click.BadParameter("must be an http(s) URL", param_hint="--url")
+    body = event.read()
+    request = urllib.request.Request(  # noqa: S310 - scheme checked above
+        url,
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "X-Aftercare-Signature": sign(secret, body, int(time.time())),
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            status, answer = response.status, response.read()
+    except urllib.error.HTTPError as error:
+        status, answer = error.code, error.read()
+    except urllib.error.URLError as error:
+        raise click.ClickException(f"cannot reach {url}: {error.reason}") from None
+    click.echo(f"HTTP {status}")
+    click.echo(_pretty(answer))
+    if status >= 400:
+        sys.exit(1)
+
+
+def _aware(text: str, option: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not ISO 8601", param_hint=option) from None
+    if moment.tzinfo is None:
+        raise click.BadParameter("needs a UTC offset, e.g. +04:00", param_hint=option)
+    return moment
+
+
+def _pretty(raw: bytes) -> str:
+    try:
+        return json.dumps(json.loads(raw), indent=2, ensure_ascii=False)
+    except ValueError:
+        return raw.decode("utf-8", "replace")
+
+
+def _safe_url(settings: Settings) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(settings.database_url).render_as_string(hide_password=True)

@@ -1,0 +1,95 @@
+"""Consent: who may be texted, every change logged with its time and source.
+
+Two switches are kept apart on purpose: `consented` is what the clinic's booking
+system recorded, `opted_out` is the patient's own STOP (or Twilio's 21610). A
+booking event can never lift a patient's STOP; only the patient (START) can.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, time
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+from sqlmodel import Session, col, select, update
+
+from notifier.models import ConsentChange, Message, Patient, Status
+from notifier.plan import Window
+from notifier.schedule import into_window
+
+
+class Source(StrEnum):
+    BOOKING = "booking"
+    KEYWORD = "keyword"
+    TWILIO_21610 = "twilio_21610"
+    STAFF = "staff"
+
+
+def set_booking_consent(
+    session: Session, patient: Patient, consented: bool, now: datetime, *, first: bool = False
+) -> None:
+    """Apply the clinic's consent flag; withdrawing it holds pending messages.
+
+    A patient's `first` flag is always logged, later ones only when they change."""
+    if not first and patient.consented == consented:
+        return
+    patient.consented = consented
+    session.add(patient)
+    session.flush()
+    _log(session, patient, consented, Source.BOOKING, now)
+    if consented and not patient.opted_out:
+        resume_held(session, patient, now)
+    elif not consented:
+        hold_pending(session, patient, now)
+
+
+def opt_out(session: Session, patient: Patient, source: Source, now: datetime) -> None:
+    """The patient asked to stop: hold everything pending, send nothing more."""
+    if patient.opted_out:
+        return
+    patient.opted_out = True
+    session.add(patient)
+    _log(session, patient, False, source, now)
+    hold_pending(session, patient, now)
+
+
+def hold_pending(session: Session, patient: Patient, now: datetime) -> int:
+    """Every scheduled message of the patient becomes held; returns how many."""
+    result = session.exec(
+        update(Message)
+        .where(col(Message.patient_id) == patient.id, col(Message.status) == Status.SCHEDULED)
+        .values(status=Status.HELD, updated_at=now)
+    )
+    return int(result.rowcount)
+
+
+def resume_held(session: Session, patient: Patient, now: datetime) -> int:
+    """Held messages still valid go back to scheduled, into the next send window;
+    those past expiry become expired. Returns how many were rescheduled."""
+    tz = ZoneInfo(patient.timezone)
+    held = session.exec(
+        select(Message).where(Message.patient_id == patient.id, Message.status == Status.HELD)
+    ).all()
+    resumed = 0
+    for message in held:
+        send_at = into_window(max(now, message.send_at), message_window(message), tz)
+        message.updated_at = now
+        if send_at >= message.expires_at:
+            message.status = Status.EXPIRED
+        else:
+            message.status, message.send_at = Status.SCHEDULED, send_at
+            resumed += 1
+        session.add(message)
+    return resumed
+
+
+def message_window(message: Message) -> Window:
+    """The send window frozen on a message when it was scheduled."""
+    return Window(time(*divmod(message.window_start, 60)), time(*divmod(message.window_end, 60)))
+
+
+def _log(
+    session: Session, patient: Patient, consented: bool, source: Source, now: datetime
+) -> None:
+    assert patient.id is not None
+    session.add(ConsentChange(patient_id=patient.id, at=now, consented=consented, source=source))

@@ -1,0 +1,370 @@
+"""One dispatch pass: expire, recover, claim, re-check, send, record.
+
+Database work happens in short transactions on the pass's own thread; only the
+sender calls run in the pool, so a slow Twilio never holds a row lock or a
+SQLite write lock. A claimed row carries a lease: if its worker dies, or Twilio's
+answer was ambiguous, the row is reconciled against Twilio's message list once
+the lease runs out, and re-sent only if Twilio has no such message.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from notifier import consent
+from notifier.db import transaction
+from notifier.models import Message, Patient, Status, Treatment, TreatmentStatus
+from notifier.outbox import Clinic, schedule_next_yearly
+from notifier.plan import Plan
+from notifier.privacy import mask_phone
+from notifier.schedule import into_window
+from notifier.sending import (
+    Accepted,
+    Ambiguous,
+    Outgoing,
+    PermanentFailure,
+    RecipientOptedOut,
+    RetryLater,
+    Sender,
+    SendError,
+)
+from notifier.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RETRY_BASE = timedelta(seconds=30)
+RETRY_CAP = timedelta(hours=1)
+# Twilio's clock and ours differ a little; look a bit before the claim when reconciling.
+RECONCILE_SKEW = timedelta(minutes=2)
+
+
+@dataclass
+class PassReport:
+    """What one pass did, message by message outcome."""
+
+    expired: int = 0
+    claimed: int = 0
+    sent: int = 0
+    adopted: int = 0  # an ambiguous send that Twilio turned out to have accepted
+    failed: int = 0
+    retrying: int = 0
+    deferred: int = 0  # the send window had closed: moved to the next one
+    held: int = 0
+    cancelled: int = 0
+    unresolved: int = 0  # ambiguous, to be reconciled when its lease runs out
+
+    def summary(self) -> str:
+        parts = [f"{f.name} {getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name)]
+        return ", ".join(parts) if parts else "nothing due"
+
+
+def retry_delay(attempts: int, rng: random.Random) -> timedelta:
+    """Exponential backoff with equal jitter: 30 s, 1 min, 2 min, ... capped at 1 h."""
+    delay: timedelta = min(RETRY_CAP, RETRY_BASE * 2 ** max(attempts - 1, 0))
+    half: timedelta = delay / 2
+    return half + half * rng.random()
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    message: Message
+    patient: Patient
+    treatment: Treatment
+
+
+class Dispatcher:
+    """Sends due messages; `run_pass(now)` is one pass, safe to call repeatedly."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        sender: Sender,
+        plans: dict[str, Plan],
+        settings: Settings,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.engine = engine
+        self.sender = sender
+        self.plans = plans
+        self.settings = settings
+        self.clinic = Clinic(settings.clinic_name, settings.clinic_phone)
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
+        self.lease = timedelta(seconds=settings.lease_seconds)
+        self.pool = ThreadPoolExecutor(settings.dispatch_concurrency, thread_name_prefix="send")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    def run_pass(self, now: datetime) -> PassReport:
+        report = PassReport()
+        self._expire(now, report)
+        self._recover(now, report)
+        batch = self._claim(now)
+        report.claimed = len(batch)
+        ready = self._recheck(batch, now, report)
+        futures: dict[Future[Accepted], _Claimed] = {
+            self.pool.submit(self.sender.send, outgoing): item for item, outgoing in ready
+        }
+        for future in as_completed(futures):
+            self._record(futures[future], future, now, report)
+        return report
+
+    # -- the steps of a pass -------------------------------------------------
+
+    def _expire(self, now: datetime, report: PassReport) -> None:
+        """Pending messages past their expiry are expired, never sent late."""
+        with transaction(self.engine) as session:
+            stale = self._load(
+                session,
+                (
+                    col(Message.status).in_([Status.SCHEDULED, Status.HELD]),
+                    col(Message.expires_at) <= now,
+                ),
+            )
+            for item in stale:
+                self._finish(session, item, Status.EXPIRED, now)
+            report.expired += len(stale)
+
+    def _recover(self, now: datetime, report: PassReport) -> None:
+        """Rows whose lease ran out may or may not have been sent: ask Twilio first."""
+        with transaction(self.engine) as session:
+            stuck = self._load(
+                session,
+                (
+                    col(Message.status) == Status.SENDING,
+                    col(Message.lease_until) <= now,
+                ),
+                lock=True,
+            )
+            for item in stuck:  # take the row for ourselves before the slow look-up
+                item.message.lease_until = now + self.lease
+                session.add(item.message)
+        for item in stuck:
+            self._reconcile(item, now, report)
+
+    def _reconcile(self, item: _Claimed, now: datetime, report: PassReport) -> None:
+        message, patient = item.message, item.patient
+        since = (message.claimed_at or message.created_at) - RECONCILE_SKEW
+        try:
+            sid = (
+                self.sender.find_sent(
+                    patient.phone,
+                    message.channel,  # type: ignore[arg-type]
+                    message.body or "",
+                    since,
+                )
+                if patient.phone
+                else None
+            )
+        except SendError as error:
+            log.warning("message %s: cannot reconcile yet (%s)", message.id, error)
+            return
+        with transaction(self.engine) as session:
+            session.add(message)
+            if sid is not None:
+                message.sid = sid
+                self._finish(session, item, Status.QUEUED, now)
+                report.adopted += 1
+            elif message.attempts >= self.settings.max_attempts:
+                self._finish(session, item, Status.FAILED, now)
+                report.failed += 1
+            else:
+                message.status, message.send_at, message.updated_at = Status.SCHEDULED, now, now
+                report.retrying += 1
+
+    def _claim(self, now: datetime) -> Sequence[_Claimed]:
+        """Take due rows under a lease in one short transaction (SKIP LOCKED on PostgreSQL)."""
+        with transaction(self.engine) as session:
+            batch = self._load(
+                session,
+                (
+                    col(Message.status) == Status.SCHEDULED,
+                    col(Message.send_at) <= now,
+                ),
+                lock=True,
+                limit=self.settings.dispatch_batch_size,
+            )
+            for item in batch:
+                message = item.message
+                message.status, message.claimed_at = Status.SENDING, now
+                message.lease_until, message.updated_at = now + self.lease, now
+                message.attempts += 1
+                session.add(message)
+        return batch
+
+    def _recheck(
+        self, batch: Sequence[_Claimed], now: datetime, report: PassReport
+    ) -> list[tuple[_Claimed, Outgoing]]:
+        """Consent, treatment and window are checked again after the claim."""
+        ready: list[tuple[_Claimed, Outgoing]] = []
+        with transaction(self.engine) as session:
+            for item in batch:
+                message, patient = item.message, item.patient
+                session.add(message)
+                if item.treatment.status != TreatmentStatus.ACTIVE or patient.phone is None:
+                    self._finish(session, item, Status.CANCELLED, now)
+                    report.cancelled += 1
+                elif not patient.reachable:
+                    self._finish(session, item, Status.HELD, now)
+                    report.held += 1
+                elif not self._defer_to_window(session, item, now, report):
+                    ready.append(
+                        (
+                            item,
+                            Outgoing(
+                                to=patient.phone,
+                                channel=message.channel,  # type: ignore[arg-type]
+                                body=message.body or "",
+                                status_callback=self._status_callback(),
+                            ),
+                        )
+                    )
+        return ready
+
+    def _defer_to_window(
+        self, session: Session, item: _Claimed, now: datetime, report: PassReport
+    ) -> bool:
+        """A message picked up after its window closed waits for the next one (or expires)."""
+        message = item.message
+        tz = ZoneInfo(item.patient.timezone)
+        send_at = into_window(now, consent.message_window(message), tz)
+        if send_at == now and now < message.expires_at:
+            return False
+        if send_at >= message.expires_at:
+            self._finish(session, item, Status.EXPIRED, now)
+            report.expired += 1
+        else:
+            message.status, message.send_at, message.updated_at = Status.SCHEDULED, send_at, now
+            message.attempts -= 1  # waiting for the window is not a failed attempt
+            report.deferred += 1
+        return True
+
+    def _record(
+        self, item: _Claimed, future: Future[Accepted], now: datetime, report: PassReport
+    ) -> None:
+        """Turn the sender's answer into the message's next status."""
+        message = item.message
+        with transaction(self.engine) as session:
+            session.add(message)
+            try:
+                accepted = future.result()
+            except RecipientOptedOut as error:
+                self._fail(session, item, error, now, report)
+                session.add(item.patient)
+                consent.opt_out(session, item.patient, consent.Source.TWILIO_21610, now)
+            except PermanentFailure as error:
+                self._fail(session, item, error, now, report)
+            except RetryLater as error:
+                self._retry(session, item, error, now, report)
+            except Exception as error:  # Ambiguous, or a sender bug: it may have gone out
+                level = logging.WARNING if isinstance(error, Ambiguous) else logging.ERROR
+                log.log(
+                    level,
+                    "message %s to %s: outcome unknown (%s); will reconcile",
+                    message.id,
+                    mask_phone(item.patient.phone),
+                    error,
+                    exc_info=not isinstance(error, SendError),
+                )
+                message.error_message = str(error)[:255]
+                message.lease_until = now + retry_delay(message.attempts, self.rng)
+                report.unresolved += 1
+            else:
+                message.sid = accepted.sid
+                self._finish(session, item, Status.QUEUED, now)
+                report.sent += 1
+
+    # -- outcomes ------------------------------------------------------------
+
+    def _fail(
+        self, session: Session, item: _Claimed, error: SendError, now: datetime, report: PassReport
+    ) -> None:
+        item.message.error_code, item.message.error_message = error.code, str(error)[:255]
+        log.info(
+            "message %s to %s failed: %s", item.message.id, mask_phone(item.patient.phone), error
+        )
+        self._finish(session, item, Status.FAILED, now)
+        report.failed += 1
+
+    def _retry(
+        self, session: Session, item: _Claimed, error: SendError, now: datetime, report: PassReport
+    ) -> None:
+        message = item.message
+        if message.attempts >= self.settings.max_attempts:
+            self._fail(session, item, error, now, report)
+            return
+        send_at = into_window(
+            now + retry_delay(message.attempts, self.rng),
+            consent.message_window(message),
+            ZoneInfo(item.patient.timezone),
+        )
+        if send_at >= message.expires_at:
+            self._finish(session, item, Status.EXPIRED, now)
+            report.expired += 1
+            return
+        message.status, message.send_at, message.updated_at = Status.SCHEDULED, send_at, now
+        message.error_code, message.error_message = error.code, str(error)[:255]
+        report.retrying += 1
+
+    def _finish(self, session: Session, item: _Claimed, status: Status, now: datetime) -> None:
+        """Set a final status; a yearly step then gets its next anniversary scheduled."""
+        message = item.message
+        message.status, message.updated_at, message.lease_until = status, now, None
+        session.add(message)
+        if status in (Status.QUEUED, Status.FAILED, Status.EXPIRED):
+            self._schedule_following(session, item, now)
+
+    def _schedule_following(self, session: Session, item: _Claimed, now: datetime) -> None:
+        plan = self.plans.get(item.treatment.kind)
+        step = plan.step(item.message.step) if plan else None
+        if plan is None or step is None or not step.yearly:
+            return
+        if item.treatment.status != TreatmentStatus.ACTIVE:
+            return
+        exists = session.exec(
+            select(Message.id).where(
+                Message.treatment_id == item.treatment.id,
+                Message.step == item.message.step,
+                col(Message.occurrence) > item.message.occurrence,
+            )
+        ).first()
+        if exists is None:
+            schedule_next_yearly(
+                session, plan, item.message, item.patient, item.treatment, self.clinic, now
+            )
+
+    # -- helpers -------------------------------------------------------------
+
+    def _load(
+        self,
+        session: Session,
+        where: Iterable[object],
+        *,
+        lock: bool = False,
+        limit: int | None = None,
+    ) -> Sequence[_Claimed]:
+        query = (
+            select(Message, Patient, Treatment)
+            .join(Patient, col(Patient.id) == Message.patient_id)
+            .join(Treatment, col(Treatment.id) == Message.treatment_id)
+            .where(*where)  # type: ignore[arg-type]
+            .order_by(col(Message.send_at))
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        if lock:
+            query = query.with_for_update(of=Message, skip_locked=True)
+        return [_Claimed(m, p, t) for m, p, t in session.exec(query).all()]
+
+    def _status_callback(self) -> str | None:
+        base = self.settings.public_base_url
+        return f"{base}/webhooks/twilio/status" if base else None

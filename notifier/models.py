@@ -1,0 +1,124 @@
+"""The tables: patients, treatments, the message outbox, booking events, consent log.
+
+Every datetime is an aware UTC instant (`UTCDateTime`); local time exists only in
+the schedule's arithmetic and in what the CLI shows.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import Column, Index
+from sqlmodel import Field, SQLModel
+
+from notifier.db import UTCDateTime
+
+
+def _utc(nullable: bool = False, index: bool = False) -> Column[datetime]:
+    return Column(UTCDateTime(), nullable=nullable, index=index)
+
+
+class Status(StrEnum):
+    """A message's life (SPEC §6). Status callbacks only move it forward."""
+
+    SCHEDULED = "scheduled"
+    SENDING = "sending"  # claimed by a worker, under a lease
+    QUEUED = "queued"  # Twilio accepted it; SID stored
+    SENT = "sent"
+    DELIVERED = "delivered"
+    UNDELIVERED = "undelivered"
+    FAILED = "failed"
+    READ = "read"
+    CANCELLED = "cancelled"
+    HELD = "held"  # patient opted out; may resume
+    EXPIRED = "expired"
+
+
+PENDING = (Status.SCHEDULED, Status.HELD)
+WENT_OUT = (Status.QUEUED, Status.SENT, Status.DELIVERED, Status.UNDELIVERED, Status.READ)
+
+
+class TreatmentStatus(StrEnum):
+    ACTIVE = "active"
+    CANCELLED = "cancelled"
+    SUPERSEDED = "superseded"  # a later session of the same kind restarted the plan
+
+
+class Patient(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    external_id: str = Field(max_length=128, unique=True, index=True)  # the booking system's id
+    first_name: str | None = Field(default=None, max_length=100)
+    phone: str | None = Field(default=None, max_length=20, index=True)  # E.164
+    channel: str = Field(default="sms", max_length=16)
+    language: str = Field(default="en", max_length=16)
+    timezone: str = Field(max_length=64)
+    consented: bool = True  # the clinic recorded the patient's consent
+    opted_out: bool = False  # the patient said STOP (only START lifts it)
+    created_at: datetime = Field(sa_column=_utc())
+    updated_at: datetime = Field(sa_column=_utc())
+
+    @property
+    def reachable(self) -> bool:
+        return self.consented and not self.opted_out and self.phone is not None
+
+
+class Treatment(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    external_id: str = Field(max_length=128, unique=True, index=True)
+    patient_id: int = Field(foreign_key="patient.id", index=True)
+    kind: str = Field(max_length=64)
+    performed_at: datetime = Field(sa_column=_utc())
+    status: str = Field(default=TreatmentStatus.ACTIVE, max_length=16)
+    created_at: datetime = Field(sa_column=_utc())
+    updated_at: datetime = Field(sa_column=_utc())
+
+
+class Message(SQLModel, table=True):
+    """One planned message: the outbox row the dispatcher claims and sends."""
+
+    __table_args__ = (
+        Index("ix_message_due", "status", "send_at"),
+        Index("ix_message_expiry", "status", "expires_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    patient_id: int = Field(foreign_key="patient.id", index=True)
+    treatment_id: int = Field(foreign_key="treatment.id", index=True)
+    step: str = Field(max_length=64)
+    occurrence: int = 0  # which repeat of the step (0 = first)
+    channel: str = Field(max_length=16)
+    body: str | None = None  # rendered when scheduled; None once erased
+    send_at: datetime = Field(sa_column=_utc())
+    expires_at: datetime = Field(sa_column=_utc())
+    window_start: int  # minutes after local midnight, frozen with the text
+    window_end: int
+    status: str = Field(default=Status.SCHEDULED, max_length=16)
+    sid: str | None = Field(default=None, max_length=64, unique=True)
+    error_code: int | None = None
+    error_message: str | None = Field(default=None, max_length=255)
+    attempts: int = 0
+    claimed_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    lease_until: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    created_at: datetime = Field(sa_column=_utc())
+    updated_at: datetime = Field(sa_column=_utc())
+
+
+class BookingEvent(SQLModel, table=True):
+    """A processed booking webhook event, kept so a replay gets the same answer."""
+
+    id: str = Field(primary_key=True, max_length=128)
+    fingerprint: str = Field(max_length=64)  # sha256 of the canonical JSON body
+    status_code: int
+    response: str  # the JSON answer we gave
+    received_at: datetime = Field(sa_column=_utc())
+
+
+class ConsentChange(SQLModel, table=True):
+    """Every change of a patient's consent, with when and who."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    patient_id: int = Field(foreign_key="patient.id", index=True)
+    at: datetime = Field(sa_column=_utc())
+    consented: bool
+    source: str = Field(max_length=32)  # booking, keyword, twilio_21610, staff

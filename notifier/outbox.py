@@ -1,0 +1,134 @@
+"""Writing a treatment's planned messages into the outbox, texts rendered and frozen.
+
+The text is rendered when a message is scheduled, so a later edit of a plan
+file never changes a message that is already waiting to go out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from sqlmodel import Session, col, select, update
+
+from notifier.models import PENDING, WENT_OUT, Message, Patient, Status, Treatment
+from notifier.plan import Plan, Step
+from notifier.schedule import PlannedMessage, next_occurrence, plan_messages
+
+
+@dataclass(frozen=True)
+class Clinic:
+    """What a message may say about the clinic."""
+
+    name: str
+    phone: str
+
+
+def schedule_treatment(
+    session: Session,
+    plan: Plan,
+    patient: Patient,
+    treatment: Treatment,
+    clinic: Clinic,
+    now: datetime,
+) -> list[Message]:
+    """(Re)plan a treatment: pending messages are replaced; steps that already went out
+    are not sent again. Returns the new rows, expired ones included."""
+    cancel_pending(session, treatment, now)
+    done = set(
+        session.exec(
+            select(Message.step, Message.occurrence).where(
+                Message.treatment_id == treatment.id,
+                col(Message.status).in_([*WENT_OUT, Status.SENDING]),
+            )
+        ).all()
+    )
+    planned = plan_messages(plan, treatment.performed_at, ZoneInfo(patient.timezone), now)
+    rows = [
+        _row(plan, patient, treatment, item, clinic, now)
+        for item in planned
+        if (item.step, item.occurrence) not in done
+    ]
+    session.add_all(rows)
+    return rows
+
+
+def schedule_next_yearly(
+    session: Session,
+    plan: Plan,
+    message: Message,
+    patient: Patient,
+    treatment: Treatment,
+    clinic: Clinic,
+    now: datetime,
+) -> Message | None:
+    """After a yearly message is done, add the next anniversary (one is kept ahead)."""
+    step = plan.step(message.step)
+    if step is None or not step.yearly:
+        return None
+    item = next_occurrence(
+        step, treatment.performed_at, ZoneInfo(patient.timezone), after=message.occurrence, now=now
+    )
+    if item is None:
+        return None
+    row = _row(plan, patient, treatment, item, clinic, now)
+    session.add(row)
+    return row
+
+
+def cancel_pending(session: Session, treatment: Treatment, now: datetime) -> int:
+    """Every message of the treatment not yet sent is cancelled; returns how many."""
+    result = session.exec(
+        update(Message)
+        .where(col(Message.treatment_id) == treatment.id, col(Message.status).in_(PENDING))
+        .values(status=Status.CANCELLED, updated_at=now)
+    )
+    return int(result.rowcount)
+
+
+def render(plan: Plan, step: Step, patient: Patient, clinic: Clinic) -> str:
+    return plan.render(
+        step,
+        patient.language,
+        {
+            "first_name": patient.first_name or "",
+            "clinic_name": clinic.name,
+            "clinic_phone": clinic.phone,
+        },
+    )
+
+
+def _row(
+    plan: Plan,
+    patient: Patient,
+    treatment: Treatment,
+    item: PlannedMessage,
+    clinic: Clinic,
+    now: datetime,
+) -> Message:
+    step = plan.step(item.step)
+    assert step is not None
+    assert patient.id is not None
+    assert treatment.id is not None
+    if item.expired:
+        status = Status.EXPIRED
+    elif patient.opted_out or not patient.consented:
+        status = Status.HELD
+    else:
+        status = Status.SCHEDULED
+    return Message(
+        patient_id=patient.id,
+        treatment_id=treatment.id,
+        step=item.step,
+        occurrence=item.occurrence,
+        channel=patient.channel,
+        body=render(plan, step, patient, clinic),
+        send_at=item.send_at,
+        expires_at=item.expires_at,
+        status=status,
+        window_start=step.window.start.hour * 60 + step.window.start.minute,
+        window_end=step.window.end.hour * 60 + step.window.end.minute,
+        created_at=now,
+        updated_at=now,
+    )

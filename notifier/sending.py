@@ -1,0 +1,95 @@
+"""The seam between the dispatcher and whatever carries a message to a phone.
+
+The dispatcher only ever sees `Outgoing`, `Accepted` and the four error kinds
+below; the Twilio module converts Twilio's own errors into these at its boundary,
+so retry and opt-out decisions never look at raw Twilio codes.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, Protocol, TextIO
+
+from notifier.privacy import mask_phone
+
+Channel = Literal["sms", "whatsapp"]
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message ready to leave: the recipient in E.164, never prefixed."""
+
+    to: str
+    channel: Channel
+    body: str
+    status_callback: str | None = None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The carrier took the message; `sid` identifies it in later callbacks."""
+
+    sid: str
+    status: str = "queued"
+
+
+class SendError(Exception):
+    """A message did not go out. `code` is the carrier's error code, if any."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PermanentFailure(SendError):
+    """Sending this message again will fail again (bad number, landline, ...)."""
+
+
+class RecipientOptedOut(PermanentFailure):
+    """The recipient has told the carrier to stop (Twilio 21610)."""
+
+
+class RetryLater(SendError):
+    """Nothing was sent; try again after a pause (rate limit, connection refused)."""
+
+
+class Ambiguous(SendError):
+    """The carrier may or may not have sent it (5xx, read timeout): reconcile first."""
+
+
+class Sender(Protocol):
+    """Anything that can send one message and look up what it already sent."""
+
+    def send(self, message: Outgoing) -> Accepted: ...
+
+    def find_sent(self, to: str, channel: Channel, body: str, since: datetime) -> str | None:
+        """Return the SID of a message with this body sent to `to` since `since`, if any."""
+        ...
+
+
+class ConsoleSender:
+    """Prints each message instead of sending it: the default without Twilio credentials.
+
+    The body is printed (showing it is the point), the phone number is masked.
+    """
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self._out = out
+
+    def send(self, message: Outgoing) -> Accepted:
+        sid = "CONSOLE" + secrets.token_hex(13)
+        out = self._out or sys.stdout
+        print(
+            f"[console sender] {message.channel} to {mask_phone(message.to)} ({sid}):\n"
+            f"  {message.body}",
+            file=out,
+            flush=True,
+        )
+        return Accepted(sid=sid)
+
+    def find_sent(self, to: str, channel: Channel, body: str, since: datetime) -> str | None:
+        # The console keeps no history, and anything printed was printed once.
+        return None

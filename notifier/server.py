@@ -1,0 +1,62 @@
+"""The embedded service for `aftercare run`: gunicorn with one threaded worker
+process that serves the web app and runs the dispatcher beside it.
+
+Everything is built inside the worker after gunicorn forks, so no thread, lock or
+database connection crosses a fork, and a restarted worker brings both back.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from gunicorn.app.base import BaseApplication
+
+from notifier.app import create_app
+from notifier.db import make_engine
+from notifier.settings import Settings
+from notifier.worker import single_worker_lock, start_background
+
+
+class _Embedded(BaseApplication):  # type: ignore[misc]
+    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
+        self.settings = settings
+        self.options = options
+        self.resources = ExitStack()
+        self.scheduler: BackgroundScheduler | None = None
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+        self.cfg.set("post_worker_init", self._start_dispatcher)
+        self.cfg.set("worker_exit", self._stop_dispatcher)
+
+    def load(self) -> Any:
+        return create_app(self.settings)
+
+    def _start_dispatcher(self, _worker: Any) -> None:
+        self.resources.enter_context(single_worker_lock(self.settings.database_url))
+        engine = make_engine(self.settings.database_url)
+        self.scheduler = start_background(self.settings, engine)
+
+    def _stop_dispatcher(self, _server: Any, _worker: Any) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=True)
+        self.resources.close()
+
+
+def serve(settings: Settings, host: str, port: int) -> None:
+    """Serve until interrupted (Ctrl-C or SIGTERM)."""
+    _Embedded(
+        settings,
+        {
+            "bind": f"{host}:{port}",
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": 8,
+            "timeout": 60,
+            "accesslog": "-",
+        },
+    ).run()

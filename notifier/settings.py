@@ -1,0 +1,187 @@
+"""Configuration from the environment, validated once at start-up.
+
+Every problem is reported as a `ConfigError` naming the variable, so a bad
+deploy stops with one clear line instead of failing on the first request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
+
+DEFAULT_DATABASE_URL = "sqlite:///aftercare.sqlite3"
+DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
+PLANS_DIR = Path(__file__).resolve().parent.parent / "config" / "plans"
+
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or invalid; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class TwilioSettings:
+    account_sid: str
+    auth_token: str = field(repr=False)
+    sms_from: str | None
+    messaging_service_sid: str | None
+    whatsapp_from: str | None
+    api_base_url: str
+    timeout_seconds: float
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    twilio: TwilioSettings | None = None
+    public_base_url: str | None = None
+    booking_webhook_secret: str | None = field(default=None, repr=False)
+    staff_api_tokens: tuple[str, ...] = field(default=(), repr=False)
+    clinic_timezone: str = "Asia/Dubai"
+    default_phone_region: str = "AE"
+    clinic_name: str = "Your clinic"
+    clinic_phone: str = "+971 4 000 0000"
+    dispatch_interval_seconds: float = 10.0
+    dispatch_batch_size: int = 200
+    dispatch_concurrency: int = 8
+    lease_seconds: int = 300
+    max_attempts: int = 8
+    plans_dir: Path = PLANS_DIR
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every variable; raise `ConfigError` on the first bad one."""
+        env = _Env(os.environ if environ is None else environ)
+        return cls(
+            database_url=_database_url(env.get("DATABASE_URL") or DEFAULT_DATABASE_URL),
+            twilio=_twilio(env),
+            public_base_url=env.url("PUBLIC_BASE_URL"),
+            booking_webhook_secret=env.get("BOOKING_WEBHOOK_SECRET"),
+            staff_api_tokens=env.tokens("STAFF_API_TOKENS"),
+            clinic_timezone=env.timezone("CLINIC_TIMEZONE", "Asia/Dubai"),
+            default_phone_region=env.region("DEFAULT_PHONE_REGION", "AE"),
+            clinic_name=env.get("CLINIC_NAME") or "Your clinic",
+            clinic_phone=env.get("CLINIC_PHONE") or "+971 4 000 0000",
+            dispatch_interval_seconds=env.number("DISPATCH_INTERVAL_SECONDS", 10.0, 0.1, 3600),
+            dispatch_batch_size=int(env.number("DISPATCH_BATCH_SIZE", 200, 1, 10_000)),
+            dispatch_concurrency=int(env.number("DISPATCH_CONCURRENCY", 8, 1, 256)),
+            lease_seconds=int(env.number("DISPATCH_LEASE_SECONDS", 300, 30, 300)),
+            max_attempts=int(env.number("DISPATCH_MAX_ATTEMPTS", 8, 1, 50)),
+            plans_dir=Path(env.get("AFTERCARE_PLANS_DIR") or PLANS_DIR),
+        )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+class _Env:
+    """Typed reads of environment variables, each error naming its variable."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def get(self, name: str) -> str | None:
+        value = self._environ.get(name, "").strip()
+        return value or None
+
+    def url(self, name: str) -> str | None:
+        value = self.get(name)
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"{name}: expected an http(s) URL such as https://example.org")
+        return value.rstrip("/")
+
+    def tokens(self, name: str) -> tuple[str, ...]:
+        value = self.get(name)
+        if value is None:
+            return ()
+        tokens = tuple(t.strip() for t in value.split(",") if t.strip())
+        if any(len(t) < 16 for t in tokens):
+            raise ConfigError(f"{name}: every token must be at least 16 characters long")
+        return tokens
+
+    def timezone(self, name: str, default: str) -> str:
+        value = self.get(name) or default
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"{name}: {value!r} is not an IANA timezone name") from None
+        return value
+
+    def region(self, name: str, default: str) -> str:
+        value = (self.get(name) or default).upper()
+        if value not in phonenumbers.SUPPORTED_REGIONS:
+            raise ConfigError(f"{name}: {value!r} is not a two-letter phone region such as AE")
+        return value
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        value = self.get(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{name}: {value!r} is not a number") from None
+        if not low <= number <= high:
+            raise ConfigError(f"{name}: {value} is outside {low:g}..{high:g}")
+        return number
+
+    def e164(self, name: str, *, allow_whatsapp: bool = False) -> str | None:
+        value = self.get(name)
+        if value is None:
+            return None
+        number = value.removeprefix("whatsapp:") if allow_whatsapp else value
+        if not _E164.match(number):
+            raise ConfigError(f"{name}: {value!r} is not an E.164 number such as +14155550100")
+        return number
+
+
+def _database_url(url: str) -> str:
+    if url.startswith("postgres://") or url.startswith("postgresql://"):
+        raise ConfigError(
+            "DATABASE_URL: use the psycopg 3 driver, e.g. postgresql+psycopg://user@host/db"
+        )
+    if not (url.startswith("sqlite:///") or url.startswith("postgresql+psycopg://")):
+        raise ConfigError("DATABASE_URL: expected sqlite:///path or postgresql+psycopg://...")
+    return url
+
+
+def _twilio(env: _Env) -> TwilioSettings | None:
+    sid, token = env.get("TWILIO_ACCOUNT_SID"), env.get("TWILIO_AUTH_TOKEN")
+    if sid is None and token is None:
+        return None
+    if sid is None or token is None:
+        missing = "TWILIO_ACCOUNT_SID" if sid is None else "TWILIO_AUTH_TOKEN"
+        raise ConfigError(f"{missing}: set both Twilio credentials, or neither for the console")
+    if not re.fullmatch(r"AC[0-9a-fA-F]{32}", sid):
+        raise ConfigError("TWILIO_ACCOUNT_SID: expected AC followed by 32 hex digits")
+    service = env.get("TWILIO_MESSAGING_SERVICE_SID")
+    if service is not None and not re.fullmatch(r"MG[0-9a-fA-F]{32}", service):
+        raise ConfigError("TWILIO_MESSAGING_SERVICE_SID: expected MG followed by 32 hex digits")
+    sms_from = env.e164("TWILIO_SMS_FROM")
+    whatsapp_from = env.e164("TWILIO_WHATSAPP_FROM", allow_whatsapp=True)
+    if service is None and sms_from is None and whatsapp_from is None:
+        raise ConfigError(
+            "TWILIO_SMS_FROM: with Twilio credentials, set a sender "
+            "(or TWILIO_MESSAGING_SERVICE_SID)"
+        )
+    return TwilioSettings(
+        account_sid=sid,
+        auth_token=token,
+        sms_from=sms_from,
+        messaging_service_sid=service,
+        whatsapp_from=whatsapp_from,
+        api_base_url=(env.url("TWILIO_API_BASE_URL") or DEFAULT_TWILIO_API_BASE_URL),
+        timeout_seconds=env.number("TWILIO_TIMEOUT_SECONDS", 15.0, 1, 120),
+    )

@@ -1,0 +1,276 @@
+"""Shared fixtures: a migrated database per test (SQLite, and PostgreSQL where asked),
+the app with a controllable clock, a recording sender, and a booking system that
+signs its webhooks exactly as the contract says."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from notifier import create_app, migrate
+from notifier.db import make_engine
+from notifier.dispatch import Dispatcher
+from notifier.plan import load_plans
+from notifier.sending import Accepted, Outgoing, SendError
+from notifier.settings import Settings
+from webhooks.signature import sign
+
+SECRET = "test-booking-secret"
+STAFF_TOKEN = "staff-token-0123456789"
+# 2027-03-01 10:00 in Dubai: a Monday morning inside every send window.
+START = datetime(2027, 3, 1, 6, 0, tzinfo=UTC)
+POSTGRES_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+# -- databases ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("template") / "template.sqlite3"
+    migrate.upgrade(f"sqlite:///{path}")
+    return str(path)
+
+
+def _pg_admin(url: str) -> psycopg.Connection[Any]:
+    parts = make_url(url)
+    return psycopg.connect(
+        host=parts.host,
+        port=parts.port or 5432,
+        user=parts.username,
+        password=parts.password,
+        dbname=parts.database,
+        autocommit=True,
+        connect_timeout=3,
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str]:
+    """A migrated PostgreSQL database to copy from; skipped only off CI."""
+    try:
+        admin = _pg_admin(POSTGRES_URL)
+    except psycopg.OperationalError as error:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI but unreachable at {POSTGRES_URL}: {error}")
+        pytest.skip(f"no PostgreSQL at {POSTGRES_URL} (set TEST_POSTGRES_URL): {error}")
+    name = f"aftercare_tpl_{os.getpid()}"
+    admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    admin.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    migrate.upgrade(url)
+    yield name
+    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_template: str) -> Iterator[str]:
+    """A fresh migrated PostgreSQL database for one test."""
+    name = f"aftercare_t_{uuid.uuid4().hex[:12]}"
+    with _pg_admin(POSTGRES_URL) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"')
+    yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    with _pg_admin(POSTGRES_URL) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sqlite_url(sqlite_template: str, tmp_path: Any) -> str:
+    path = tmp_path / "aftercare.sqlite3"
+    shutil.copy(sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Every test using this runs on SQLite and on PostgreSQL."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        booking_webhook_secret=SECRET,
+        staff_api_tokens=(STAFF_TOKEN,),
+        clinic_name="Skin Clinic",
+        clinic_phone="+971 4 000 0000",
+    )
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[Any]:
+    engine = make_engine(settings.database_url)
+    yield engine
+    engine.dispose()
+
+
+# -- time ----------------------------------------------------------------------
+
+
+@dataclass
+class Clock:
+    """The app's clock in tests: moves only when told."""
+
+    now: datetime = START
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+# -- the app and its doorways ------------------------------------------------------
+
+
+@pytest.fixture
+def app(settings: Settings, engine: Any, clock: Clock) -> Any:
+    return create_app(settings, engine=engine, clock=clock)
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+@pytest.fixture
+def staff_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {STAFF_TOKEN}"}
+
+
+def completed_event(
+    event_id: str = "evt_0001",
+    *,
+    patient: dict[str, Any] | None = None,
+    treatment: dict[str, Any] | None = None,
+    performed_at: datetime = START,
+) -> dict[str, Any]:
+    """A `treatment.completed` event like the SPEC's example, with overrides."""
+    return {
+        "id": event_id,
+        "type": "treatment.completed",
+        "patient": {
+            "id": "P-1001",
+            "first_name": "Omar",
+            "phone": "+971501234567",
+            "channel": "sms",
+            "language": "en",
+            "timezone": "Asia/Dubai",
+            "consent": True,
+            **(patient or {}),
+        },
+        "treatment": {
+            "id": "T-555",
+            "kind": "scalp_micropigmentation",
+            "performed_at": performed_at.isoformat(),
+            **(treatment or {}),
+        },
+    }
+
+
+@dataclass
+class BookingSystem:
+    """Posts events the way the clinic's booking system does: signed, JSON."""
+
+    client: Any
+    clock: Clock
+    secret: str = SECRET
+
+    def post(
+        self,
+        event: dict[str, Any] | bytes,
+        *,
+        signature: str | None = None,
+        content_type: str = "application/json",
+        timestamp: int | None = None,
+    ) -> Any:
+        body = event if isinstance(event, bytes) else json.dumps(event).encode()
+        when = int(self.clock.now.timestamp()) if timestamp is None else timestamp
+        headers = {"X-Aftercare-Signature": signature or sign(self.secret, body, when)}
+        return self.client.post(
+            "/webhooks/booking", data=body, headers=headers, content_type=content_type
+        )
+
+
+@pytest.fixture
+def booking(client: Any, clock: Clock) -> BookingSystem:
+    return BookingSystem(client, clock)
+
+
+# -- sending ----------------------------------------------------------------------
+
+
+@dataclass
+class RecordingSender:
+    """A sender that records what it was asked to send and can be told to fail."""
+
+    sent: list[Outgoing] = field(default_factory=list)
+    # The next sends fail with these errors; True means the carrier got it anyway
+    # (a 5xx or timeout after Twilio accepted the message).
+    failures: list[tuple[SendError, bool]] = field(default_factory=list)
+    carrier_log: dict[str, Outgoing] = field(default_factory=dict)  # what the carrier has
+    lookups: int = 0
+
+    def fail_next(self, error: SendError, *, delivered_anyway: bool = False) -> None:
+        self.failures.append((error, delivered_anyway))
+
+    def send(self, message: Outgoing) -> Accepted:
+        if self.failures:
+            error, delivered = self.failures.pop(0)
+            if delivered:
+                self.carrier_log[f"SM{uuid.uuid4().hex}"] = message
+            raise error
+        self.sent.append(message)
+        sid = f"SM{uuid.uuid4().hex}"
+        self.carrier_log[sid] = message
+        return Accepted(sid=sid)
+
+    def find_sent(self, to: str, channel: str, body: str, since: datetime) -> str | None:
+        self.lookups += 1
+        return next(
+            (
+                sid
+                for sid, m in self.carrier_log.items()
+                if m.to == to and m.body == body and m.channel == channel
+            ),
+            None,
+        )
+
+    def bodies_to(self, to: str) -> list[str]:
+        return [m.body for m in self.sent if m.to == to]
+
+
+@pytest.fixture
+def sender() -> RecordingSender:
+    return RecordingSender()
+
+
+@pytest.fixture
+def dispatcher(engine: Any, sender: RecordingSender, settings: Settings) -> Iterator[Dispatcher]:
+    dispatcher = Dispatcher(
+        engine, sender, load_plans(settings.plans_dir), settings, rng=random.Random(7)
+    )
+    yield dispatcher
+    dispatcher.close()

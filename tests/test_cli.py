@@ -1,0 +1,292 @@
+"""The `aftercare` command, run as an operator runs it: a subprocess with an environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, select
+
+from notifier import create_app, migrate
+from notifier.db import make_engine
+from notifier.models import Message, Status
+from notifier.settings import Settings
+from tests.conftest import SECRET, completed_event
+
+AFTERCARE = str(Path(sys.executable).with_name("aftercare"))
+
+
+def aftercare(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TWILIO_", "DATABASE_URL", "BOOKING_", "STAFF_"))
+    }
+    return subprocess.run(
+        [AFTERCARE, *args],
+        env={**clean, **(env or {})},
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_plan_check_passes_on_the_shipped_plans() -> None:
+    result = aftercare("plan", "check")
+    assert result.returncode == 0, result.stderr
+    assert "ok  scalp_micropigmentation: 7 steps" in result.stdout
+
+
+def test_plan_check_names_the_file_and_step_of_a_problem(tmp_path: Path) -> None:
+    (tmp_path / "broken.toml").write_text(
+        'kind = "broken"\n[[steps]]\nkey = "hello"\nday = 1\n[steps.text]\nen = "Hi {nme}"\n'
+    )
+    result = aftercare("plan", "check", "--dir", str(tmp_path))
+    assert result.returncode == 1
+    assert f"{tmp_path / 'broken.toml'}: step 'hello': text.en: unknown placeholder {{nme}}" in (
+        result.stderr
+    )
+    assert "set exactly one of valid_until_day or valid_for" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_plan_preview_prints_the_local_timeline() -> None:
+    result = aftercare(
+        "plan",
+        "preview",
+        "--kind",
+        "scalp_micropigmentation",
+        "--performed-at",
+        "2027-03-26T15:00:00+00:00",
+        "--tz",
+        "Europe/London",
+        "--lang",
+        "en",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "day   2  Sun 2027-03-28 10:00 BST  no_wash_reminder  [scheduled]" in result.stdout
+    assert "day 366  Sun 2028-03-26 10:00 BST  yearly_checkup" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--kind", "tattoo"], "no plan 'tattoo'"),
+        (["--tz", "Mars/Olympus"], "'Mars/Olympus' is not an IANA timezone name"),
+        (["--performed-at", "2027-03-01T10:00:00"], "needs a UTC offset"),
+        (["--performed-at", "yesterday"], "'yesterday' is not ISO 8601"),
+    ],
+)
+def test_plan_preview_rejects_bad_arguments_clearly(args: list[str], message: str) -> None:
+    base = {
+        "--kind": "scalp_micropigmentation",
+        "--performed-at": "2027-03-01T10:00:00+04:00",
+        "--tz": "Asia/Dubai",
+    }
+    base[args[0]] = args[1]
+    result = aftercare("plan", "preview", *[x for kv in base.items() for x in kv])
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DATABASE_URL", "mysql://nope"),
+        ("CLINIC_TIMEZONE", "Mars/Olympus"),
+        ("DISPATCH_INTERVAL_SECONDS", "soon"),
+        ("TWILIO_ACCOUNT_SID", "AC123"),
+        ("TWILIO_AUTH_TOKEN", ""),
+        ("TWILIO_SMS_FROM", "0501234567"),
+        ("PUBLIC_BASE_URL", "aftercare.example.org"),
+    ],
+)
+def test_a_bad_configuration_value_stops_with_a_message_naming_it(
+    variable: str, value: str
+) -> None:
+    env = {variable: value}
+    if variable.startswith("TWILIO_"):
+        env = {
+            "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+            "TWILIO_AUTH_TOKEN": "token",
+            "TWILIO_SMS_FROM": "+14155550100",
+            **env,
+        }
+    result = aftercare("dispatch", env=env)
+    assert result.returncode == 1
+    assert f"configuration error: {variable}: " in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_db_upgrade_then_dispatch_sends_what_is_due(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.sqlite3'}"
+    env = {"DATABASE_URL": url, "CLINIC_NAME": "Skin Clinic"}
+    upgraded = aftercare("db", "upgrade", env=env)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "is at revision" in upgraded.stdout
+
+    now = datetime.now(UTC)
+    app = create_app(Settings(database_url=url, booking_webhook_secret=SECRET), clock=lambda: now)
+    from tests.conftest import BookingSystem, Clock
+
+    booking = BookingSystem(app.test_client(), Clock(now))
+    assert booking.post(completed_event(performed_at=now - timedelta(hours=2))).status_code == 201
+    engine = make_engine(url)
+    with Session(engine) as session:  # make sure the first message is due now, whatever the hour
+        first = session.exec(select(Message).where(Message.step == "after_treatment")).one()
+        first.send_at, first.window_start, first.window_end = now, 0, 24 * 60 - 1
+        if first.status == Status.EXPIRED:
+            first.status = Status.SCHEDULED
+        session.add(first)
+        session.commit()
+
+    result = aftercare("dispatch", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "[console sender] sms to ***4567" in result.stdout
+    assert "thank you for coming in today" in result.stdout
+    assert "dispatch: claimed 1, sent 1" in result.stdout
+    assert "+971501234567" not in result.stdout + result.stderr
+    with Session(engine) as session:
+        assert (
+            session.exec(select(Message).where(Message.step == "after_treatment")).one().status
+            == Status.QUEUED
+        )
+    again = aftercare("dispatch", env=env)
+    assert "dispatch: nothing due" in again.stdout
+    engine.dispose()
+
+
+def test_dispatch_refuses_an_unmigrated_database(tmp_path: Path) -> None:
+    result = aftercare("dispatch", env={"DATABASE_URL": f"sqlite:///{tmp_path / 'new.db'}"})
+    assert result.returncode == 1
+    assert "run `aftercare db upgrade` first" in result.stderr
+
+
+def test_a_second_worker_on_sqlite_refuses_to_start(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'one.sqlite3'}"
+    migrate.upgrade(url)
+    env = {"DATABASE_URL": url, "DISPATCH_INTERVAL_SECONDS": "60"}
+    first = subprocess.Popen(
+        [AFTERCARE, "worker"],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lock = tmp_path / "one.sqlite3.worker.lock"
+        deadline = time.monotonic() + 30
+        while not (lock.exists() and lock.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = aftercare("worker", env=env)
+        assert second.returncode == 1
+        assert "is already dispatching" in second.stderr
+        assert "SQLite allows one worker" in second.stderr
+    finally:
+        first.terminate()
+        first.communicate(timeout=30)
+    assert first.returncode == 0  # SIGTERM stops the worker cleanly
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_run_serves_the_web_and_dispatches_to_the_console(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'run.sqlite3'}",
+        "BOOKING_WEBHOOK_SECRET": SECRET,
+        "DISPATCH_INTERVAL_SECONDS": "0.5",
+        "CLINIC_TIMEZONE": "UTC",
+    }
+    server = subprocess.Popen(
+        [AFTERCARE, "run", "--port", str(port)],
+        cwd=tmp_path,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/healthz")
+        # Performed 61 minutes ago in a zone whose window is open all day for this test.
+        event = completed_event(
+            performed_at=datetime.now(UTC) - timedelta(minutes=61),
+            patient={"timezone": _zone_in_window()},
+        )
+        event_file = tmp_path / "event.json"
+        event_file.write_text(json.dumps(event))
+        posted = aftercare(
+            "booking",
+            "post",
+            str(event_file),
+            "--url",
+            f"http://127.0.0.1:{port}/webhooks/booking",
+            env={"BOOKING_WEBHOOK_SECRET": SECRET},
+        )
+        assert posted.returncode == 0, posted.stdout + posted.stderr
+        assert "HTTP 201" in posted.stdout
+        output = _read_until(server, "thank you for coming in today", seconds=30)
+        assert "[console sender] sms to ***4567" in output
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
+
+
+def _zone_in_window() -> str:
+    """A zone where it is now between 10:00 and 20:00, so the first message is due now."""
+    from zoneinfo import ZoneInfo
+
+    for offset in range(-12, 15):
+        zone = f"Etc/GMT{-offset:+d}" if offset else "UTC"
+        if 10 <= datetime.now(ZoneInfo(zone)).hour < 20:
+            return zone
+    raise AssertionError("no zone found")
+
+
+def _wait_for(url: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
+                if response.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
+
+
+def _read_until(process: subprocess.Popen[str], needle: str, seconds: float) -> str:
+    """Read the process's output until `needle` appears (select keeps it bounded)."""
+    import selectors
+
+    assert process.stdout is not None
+    seen: list[str] = []
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if selector.select(timeout=0.5):
+            line = process.stdout.readline()
+            seen.append(line)
+            if needle in line:
+                return "".join(seen)
+    raise AssertionError("not seen in time: " + needle + "\n" + "".join(seen))

@@ -1,0 +1,1 @@
+"""The doorways: Flask blueprints for the booking system, Twilio and clinic staff."""

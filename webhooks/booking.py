@@ -1,0 +1,187 @@
+"""POST /webhooks/booking: the clinic's booking system enrols and cancels (SPEC §5).
+
+Order of checks: size (413), content type (415), signature (401), JSON (400),
+fields (422); then the event id decides between a replay (200, same answer),
+a conflict (409) and processing. The event is stored in the same transaction as
+its effects, so a failure part-way stores nothing and the booking system's retry
+is processed afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, request
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from notifier.app import services
+from notifier.db import transaction
+from notifier.enrolment import (
+    Enrolment,
+    EnrolmentConflict,
+    cancel_treatment,
+    complete_treatment,
+)
+from notifier.models import BookingEvent
+from notifier.privacy import mask_phone
+from webhooks import signature
+from webhooks.booking_event import (
+    Cancelled,
+    Completed,
+    Context,
+    Envelope,
+    FieldErrors,
+    validate,
+)
+from webhooks.encoding import iso_utc
+
+bp = Blueprint("booking", __name__)
+log = logging.getLogger(__name__)
+
+Answer = tuple[int, dict[str, Any]]
+
+
+class _Rejected(Exception):
+    """An answer that must leave the database as it was."""
+
+    def __init__(self, status: int, answer: dict[str, Any]) -> None:
+        super().__init__(status)
+        self.status, self.answer = status, answer
+
+
+@bp.post("/webhooks/booking")
+def receive() -> Response:
+    svc = services()
+    secret = svc.settings.booking_webhook_secret
+    if not secret:
+        return _json(
+            503,
+            {"error": "the booking webhook is not configured (BOOKING_WEBHOOK_SECRET is unset)"},
+        )
+    body = request.get_data(cache=True)  # over MAX_CONTENT_LENGTH -> 413
+    if request.mimetype != "application/json":
+        return _json(415, {"error": "send Content-Type: application/json"})
+    now = svc.clock()
+    if not signature.verify(request.headers.get("X-Aftercare-Signature"), secret, body, now):
+        return _json(401, {"error": "missing, wrong or stale X-Aftercare-Signature"})
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        return _json(400, {"error": f"malformed JSON: {error}"})
+    if not isinstance(data, dict):
+        return _json(422, {"errors": [{"field": "(body)", "message": "expected a JSON object"}]})
+    context = Context(
+        now=now,
+        plan_kinds=frozenset(svc.plans),
+        default_region=svc.settings.default_phone_region,
+        default_timezone=svc.settings.clinic_timezone,
+    )
+    try:
+        status, answer = _handle(data, context)
+    except FieldErrors as error:
+        return _json(422, {"errors": error.errors})
+    return _json(status, answer)
+
+
+def _handle(data: dict[str, Any], context: Context) -> Answer:
+    envelope = validate(Envelope, data, context)
+    fingerprint = hashlib.sha256(
+        json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    svc = services()
+    try:
+        with transaction(svc.engine) as session:
+            replay = _replay(session, envelope.id, fingerprint)
+            if replay is not None:
+                return replay
+            status, answer = _apply(session, envelope.type, data, context)
+            if status >= 300:
+                raise _Rejected(status, answer)  # roll back anything half-done
+            session.add(
+                BookingEvent(
+                    id=envelope.id,
+                    fingerprint=fingerprint,
+                    status_code=status,
+                    response=json.dumps(answer),
+                    received_at=context.now,
+                )
+            )
+            return status, answer
+    except _Rejected as rejected:
+        return rejected.status, rejected.answer
+    except IntegrityError:
+        # The same event id committed by a concurrent request: answer as a replay.
+        with transaction(svc.engine) as session:
+            replay = _replay(session, envelope.id, fingerprint)
+        if replay is None:
+            raise
+        return replay
+
+
+def _replay(session: Session, event_id: str, fingerprint: str) -> Answer | None:
+    stored = session.get(BookingEvent, event_id)
+    if stored is None:
+        return None
+    if stored.fingerprint != fingerprint:
+        return 409, {"error": f"event id {event_id!r} was already used for a different body"}
+    return 200, json.loads(stored.response)
+
+
+def _apply(session: Session, kind: str, data: dict[str, Any], context: Context) -> Answer:
+    svc = services()
+    if kind == "treatment.completed":
+        event = validate(Completed, data, context)
+        plan = svc.plans[event.treatment.kind]
+        try:
+            outcome = complete_treatment(
+                session,
+                plan,
+                event.patient.details(),
+                event.treatment.details(),
+                svc.clinic,
+                context.now,
+            )
+        except EnrolmentConflict as error:
+            return 409, {"error": str(error)}
+        log.info(
+            "treatment %s for %s: %s, %d scheduled",
+            event.treatment.id,
+            mask_phone(event.patient.phone),
+            "enrolled" if outcome.created else "updated",
+            len(outcome.scheduled),
+        )
+        return (201 if outcome.created else 200), _enrolment_answer(outcome)
+    if kind == "treatment.cancelled":
+        cancelled_event = validate(Cancelled, data, context)
+        count = cancel_treatment(session, cancelled_event.treatment.id, context.now)
+        answer: dict[str, Any] = {
+            "treatment_id": cancelled_event.treatment.id,
+            "cancelled": count or 0,
+        }
+        if count is None:
+            answer["reason"] = "unknown treatment id; nothing to cancel"
+        return 200, answer
+    return 501, {"error": f"event type {kind!r} is not supported by this version yet"}
+
+
+def _enrolment_answer(outcome: Enrolment) -> dict[str, Any]:
+    answer: dict[str, Any] = {
+        "patient_id": outcome.patient.external_id,
+        "treatment_id": outcome.treatment.external_id,
+        "scheduled": [
+            {"step": m.step, "send_at": iso_utc(m.send_at), "channel": m.channel}
+            for m in outcome.scheduled
+        ],
+        "expired": [{"step": m.step, "expired_at": iso_utc(m.expires_at)} for m in outcome.expired],
+    }
+    if outcome.reason:
+        answer["reason"] = outcome.reason
+    return answer
+
+
+def _json(status: int, payload: dict[str, Any]) -> Response:
+    return Response(json.dumps(payload), status=status, mimetype="application/json")

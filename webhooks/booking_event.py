@@ -1,0 +1,177 @@
+"""The booking webhook's JSON, validated into domain details with every error listed.
+
+Validation needs a little context (the clock, the plans, the default region and
+timezone), passed through pydantic's validation context.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, ValidationInfo
+from pydantic import field_validator as validates
+
+from notifier.enrolment import PatientDetails, TreatmentDetails
+
+EVENT_TYPES = ("treatment.completed", "treatment.cancelled", "patient.updated", "patient.erased")
+FUTURE_TOLERANCE = timedelta(minutes=5)
+_LANGUAGE = re.compile(r"^([A-Za-z]{2,3})(?:[-_][A-Za-z0-9]{1,8})*$")
+
+Id = Field(min_length=1, max_length=128, strict=True)
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Context:
+    now: datetime
+    plan_kinds: frozenset[str]
+    default_region: str
+    default_timezone: str
+
+
+class FieldErrors(Exception):
+    """The body failed validation; `errors` lists {"field", "message"} for each problem."""
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        super().__init__(f"{len(errors)} invalid field(s)")
+        self.errors = errors
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True, frozen=True)
+
+
+class Envelope(_Strict):
+    id: str = Id
+    type: Literal["treatment.completed", "treatment.cancelled", "patient.updated", "patient.erased"]
+
+
+class PatientIn(_Strict):
+    id: str = Id
+    first_name: str | None = Field(default=None, max_length=100, strict=True)
+    phone: str = Field(strict=True, max_length=40)
+    channel: Literal["sms", "whatsapp"] = "sms"
+    language: str = Field(default="en", strict=True, max_length=35)
+    timezone: str | None = Field(default=None, strict=True, max_length=64, validate_default=True)
+    consent: StrictBool
+
+    @validates("phone")
+    @classmethod
+    def _phone(cls, value: str, info: ValidationInfo) -> str:
+        return parse_phone(value, _context(info).default_region)
+
+    @validates("language")
+    @classmethod
+    def _language(cls, value: str) -> str:
+        match = _LANGUAGE.match(value)
+        if match is None:
+            raise ValueError("expected a language tag such as 'en' or 'ar'")
+        return match.group(1).lower()
+
+    @validates("timezone")
+    @classmethod
+    def _timezone(cls, value: str | None, info: ValidationInfo) -> str:
+        name = value or _context(info).default_timezone
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{name!r} is not an IANA timezone name") from None
+        return name
+
+    def details(self) -> PatientDetails:
+        assert self.timezone is not None
+        return PatientDetails(
+            external_id=self.id,
+            first_name=self.first_name or None,
+            phone=self.phone,
+            channel=self.channel,
+            language=self.language,
+            timezone=self.timezone,
+            consent=self.consent,
+        )
+
+
+class TreatmentIn(_Strict):
+    id: str = Id
+    kind: str = Field(strict=True, max_length=64)
+    performed_at: datetime
+
+    @validates("kind")
+    @classmethod
+    def _kind(cls, value: str, info: ValidationInfo) -> str:
+        kinds = _context(info).plan_kinds
+        if value not in kinds:
+            raise ValueError(f"no aftercare plan for {value!r} (known: {', '.join(sorted(kinds))})")
+        return value
+
+    @validates("performed_at", mode="before")
+    @classmethod
+    def _performed_at(cls, value: Any, info: ValidationInfo) -> datetime:
+        if not isinstance(value, str):
+            raise ValueError("expected an ISO 8601 date-time with an offset")
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("expected an ISO 8601 date-time with an offset") from None
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            raise ValueError("needs a UTC offset, e.g. 2027-03-01T10:00:00+04:00")
+        if moment - _context(info).now > FUTURE_TOLERANCE:
+            raise ValueError("is in the future; send the event once the treatment is done")
+        return moment
+
+    def details(self) -> TreatmentDetails:
+        return TreatmentDetails(external_id=self.id, kind=self.kind, performed_at=self.performed_at)
+
+
+class TreatmentRef(_Strict):
+    id: str = Id
+
+
+class Completed(_Strict):
+    patient: PatientIn
+    treatment: TreatmentIn
+
+
+class Cancelled(_Strict):
+    treatment: TreatmentRef
+
+
+def parse_phone(value: str, region: str) -> str:
+    """E.164 from E.164 or a national number read in `region`; ValueError if not valid."""
+    try:
+        number = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException:
+        raise ValueError("is not a phone number") from None
+    if not phonenumbers.is_valid_number(number):
+        raise ValueError(f"is not a valid phone number (national numbers are read as {region})")
+    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+
+
+def validate(model: type[M], data: object, context: Context) -> M:
+    """`model` from `data`, or `FieldErrors` naming every bad field."""
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as error:
+        raise FieldErrors([_field_error(e) for e in error.errors()]) from None
+
+
+def _field_error(error: Any) -> dict[str, str]:
+    field = ".".join(str(part) for part in error["loc"]) or "(body)"
+    if error["type"] == "missing":
+        message = "is required"
+    elif error["type"] == "literal_error":
+        message = "must be one of " + error["ctx"]["expected"]
+    else:
+        message = str(error["msg"]).removeprefix("Value error, ")
+    return {"field": field, "message": message}
+
+
+def _context(info: ValidationInfo) -> Context:
+    context = info.context
+    assert isinstance(context, Context)
+    return context

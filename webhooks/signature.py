@@ -1,0 +1,41 @@
+"""The booking webhook's signature: `t=<unix seconds>,v1=<hex HMAC-SHA256>`.
+
+The HMAC covers "<t>.<raw body>" with BOOKING_WEBHOOK_SECRET. Several `v1`
+values may be given (a booking system rotating its secret); one must match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import datetime
+
+TOLERANCE_SECONDS = 300
+
+
+def sign(secret: str, body: bytes, timestamp: int) -> str:
+    """The header value a booking system sends for `body` at `timestamp`."""
+    return f"t={timestamp},v1={_digest(secret, body, timestamp)}"
+
+
+def verify(header: str | None, secret: str, body: bytes, now: datetime) -> bool:
+    """True when the header is well formed, recent, and signs exactly `body`."""
+    if not header:
+        return False
+    timestamp: int | None = None
+    candidates: list[str] = []
+    for part in header.split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "t" and value.isdigit() and len(value) <= 12:
+            timestamp = int(value)
+        elif name == "v1":
+            candidates.append(value.strip().lower())
+    if timestamp is None or abs(now.timestamp() - timestamp) > TOLERANCE_SECONDS:
+        return False
+    expected = _digest(secret, body, timestamp)
+    return any(hmac.compare_digest(expected, c) for c in candidates)
+
+
+def _digest(secret: str, body: bytes, timestamp: int) -> str:
+    message = str(timestamp).encode() + b"." + body
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
