@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,11 +15,12 @@ from werkzeug.exceptions import HTTPException
 
 from notifier.db import make_engine
 from notifier.outbox import Clinic
-from notifier.plan import Plan, load_plans
+from notifier.plan import Plan, PlanError, load_plans
 from notifier.privacy import PhoneMaskingFilter
-from notifier.settings import Settings
+from notifier.settings import ConfigError, Settings
 
 MAX_BODY_BYTES = 64 * 1024
+BOOT_ERROR = 3  # gunicorn halts, rather than respawning, on a worker exiting with 3
 
 Clock = Callable[[], datetime]
 
@@ -42,11 +44,22 @@ class Services:
 def create_app(
     settings: Settings | None = None, *, engine: Engine | None = None, clock: Clock = utc_now
 ) -> Flask:
-    """Build the web app. Configuration and plans are validated here, so a bad
-    deploy stops at start-up (`ConfigError` / `PlanError`) rather than on a request."""
+    """Build the web app. Configuration and plans are validated here, so a bad deploy
+    stops at start-up rather than on a request. Called without `settings` (as
+    `gunicorn 'notifier:create_app()'` and `flask --app notifier` do), a bad value
+    ends the process with one line naming it; given settings, errors are raised."""
+    if settings is not None:
+        return _build(settings, engine, clock)
+    try:
+        return _build(Settings.from_env(), engine, clock)
+    except (ConfigError, PlanError) as error:
+        print(f"aftercare cannot start: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(BOOT_ERROR) from None
+
+
+def _build(settings: Settings, engine: Engine | None, clock: Clock) -> Flask:
     from webhooks import booking, health, staff
 
-    settings = settings or Settings.from_env()
     install_log_masking()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES

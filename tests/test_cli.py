@@ -290,3 +290,38 @@ def _read_until(process: subprocess.Popen[str], needle: str, seconds: float) -> 
             if needle in line:
                 return "".join(seen)
     raise AssertionError("not seen in time: " + needle + "\n" + "".join(seen))
+
+
+def test_gunicorn_serves_the_app_factory(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'web.sqlite3'}"
+    migrate.upgrade(url)
+    port = _free_port()
+    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+    web = subprocess.Popen(
+        [gunicorn, "--bind", f"127.0.0.1:{port}", "notifier:create_app()"],
+        env={**os.environ, "DATABASE_URL": url},
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/healthz")
+    finally:
+        web.terminate()
+        web.wait(timeout=30)
+
+
+def test_gunicorn_stops_on_bad_configuration_with_one_clear_line(tmp_path: Path) -> None:
+    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+    result = subprocess.run(
+        [gunicorn, "--bind", f"127.0.0.1:{_free_port()}", "notifier:create_app()"],
+        env={**os.environ, "CLINIC_TIMEZONE": "Mars/Olympus"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "aftercare cannot start: CLINIC_TIMEZONE: 'Mars/Olympus'" in result.stderr
+    assert "Traceback" not in result.stderr

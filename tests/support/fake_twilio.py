@@ -47,7 +47,7 @@ import socket
 import sys
 import threading
 from collections import defaultdict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -304,7 +304,9 @@ class FakeTwilio:
         seed: int | None = None,
         validate: bool = True,
         spec: Path | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
+        self.clock = clock or (lambda: datetime.now(UTC))  # stamps date_created
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.latency = latency
@@ -529,7 +531,7 @@ class FakeTwilio:
             body=params.get("Body"),
             messaging_service_sid=params.get("MessagingServiceSid"),
             status_callback=params.get("StatusCallback"),
-            date_created=(created or datetime.now(UTC)).replace(microsecond=0),
+            date_created=(created or self.clock()).replace(microsecond=0),
             params=dict(params),
         )
         with self._lock:
