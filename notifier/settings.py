@@ -10,9 +10,10 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import available_timezones
 
 import phonenumbers
 
@@ -21,6 +22,16 @@ DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
 PLANS_DIR = Path(__file__).resolve().parent.parent / "config" / "plans"
 
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+
+
+@cache
+def _timezones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def is_timezone(name: str) -> bool:
+    """An IANA zone name (not a folder of the database, not 'localtime')."""
+    return name in _timezones()
 
 
 class ConfigError(Exception):
@@ -113,10 +124,8 @@ class _Env:
 
     def timezone(self, name: str, default: str) -> str:
         value = self.get(name) or default
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ConfigError(f"{name}: {value!r} is not an IANA timezone name") from None
+        if not is_timezone(value):
+            raise ConfigError(f"{name}: {value!r} is not an IANA timezone name")
         return value
 
     def region(self, name: str, default: str) -> str:

@@ -29,14 +29,7 @@ from notifier.enrolment import (
 from notifier.models import BookingEvent
 from notifier.privacy import mask_phone
 from webhooks import signature
-from webhooks.booking_event import (
-    Cancelled,
-    Completed,
-    Context,
-    Envelope,
-    FieldErrors,
-    validate,
-)
+from webhooks.booking_event import Body, Cancelled, Completed, Context, FieldErrors, parse_event
 from webhooks.encoding import iso_utc
 
 bp = Blueprint("booking", __name__)
@@ -70,8 +63,8 @@ def receive() -> Response:
         return _json(401, {"error": "missing, wrong or stale X-Aftercare-Signature"})
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
-        return _json(400, {"error": f"malformed JSON: {error}"})
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        return _json(400, {"error": f"malformed JSON: {type(error).__name__}"})
     if not isinstance(data, dict):
         return _json(422, {"errors": [{"field": "(body)", "message": "expected a JSON object"}]})
     context = Context(
@@ -88,7 +81,7 @@ def receive() -> Response:
 
 
 def _handle(data: dict[str, Any], context: Context) -> Answer:
-    envelope = validate(Envelope, data, context)
+    envelope, body = parse_event(data, context)
     fingerprint = hashlib.sha256(
         json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
     ).hexdigest()
@@ -98,7 +91,7 @@ def _handle(data: dict[str, Any], context: Context) -> Answer:
             replay = _replay(session, envelope.id, fingerprint)
             if replay is not None:
                 return replay
-            status, answer = _apply(session, envelope.type, data, context)
+            status, answer = _apply(session, envelope.type, body, context)
             if status >= 300:
                 raise _Rejected(status, answer)  # roll back anything half-done
             session.add(
@@ -131,10 +124,9 @@ def _replay(session: Session, event_id: str, fingerprint: str) -> Answer | None:
     return 200, json.loads(stored.response)
 
 
-def _apply(session: Session, kind: str, data: dict[str, Any], context: Context) -> Answer:
+def _apply(session: Session, kind: str, event: Body | None, context: Context) -> Answer:
     svc = services()
-    if kind == "treatment.completed":
-        event = validate(Completed, data, context)
+    if isinstance(event, Completed):
         plan = svc.plans[event.treatment.kind]
         try:
             outcome = complete_treatment(
@@ -154,14 +146,12 @@ def _apply(session: Session, kind: str, data: dict[str, Any], context: Context) 
             "enrolled" if outcome.created else "updated",
             len(outcome.scheduled),
         )
-        return (201 if outcome.created else 200), _enrolment_answer(outcome)
-    if kind == "treatment.cancelled":
-        cancelled_event = validate(Cancelled, data, context)
-        count = cancel_treatment(session, cancelled_event.treatment.id, context.now)
-        answer: dict[str, Any] = {
-            "treatment_id": cancelled_event.treatment.id,
-            "cancelled": count or 0,
-        }
+        # 201 only when a new treatment was enrolled in its plan (rows written).
+        enrolled = outcome.created and bool(outcome.messages)
+        return (201 if enrolled else 200), _enrolment_answer(outcome)
+    if isinstance(event, Cancelled):
+        count = cancel_treatment(session, event.treatment.id, context.now)
+        answer: dict[str, Any] = {"treatment_id": event.treatment.id, "cancelled": count or 0}
         if count is None:
             answer["reason"] = "unknown treatment id; nothing to cancel"
         return 200, answer

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from datetime import datetime
 
 TOLERANCE_SECONDS = 300
@@ -26,9 +27,9 @@ def verify(header: str | None, secret: str, body: bytes, now: datetime) -> bool:
     candidates: list[str] = []
     for part in header.split(","):
         name, _, value = part.strip().partition("=")
-        if name == "t" and value.isdigit() and len(value) <= 12:
+        if name == "t" and re.fullmatch(r"[0-9]{1,12}", value):
             timestamp = int(value)
-        elif name == "v1":
+        elif name == "v1" and re.fullmatch(r"[0-9a-fA-F]{64}", value.strip()):
             candidates.append(value.strip().lower())
     if timestamp is None or abs(now.timestamp() - timestamp) > TOLERANCE_SECONDS:
         return False
