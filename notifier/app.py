@@ -18,6 +18,7 @@ from notifier.outbox import Clinic
 from notifier.plan import Plan, PlanError, load_plans
 from notifier.privacy import PhoneMaskingFilter
 from notifier.settings import ConfigError, Settings
+from notifier.whatsapp import Templates, load_whatsapp_templates
 
 MAX_BODY_BYTES = 64 * 1024
 BOOT_ERROR = 3  # gunicorn halts, rather than respawning, on a worker exiting with 3
@@ -34,6 +35,7 @@ class Services:
     settings: Settings
     engine: Engine
     plans: dict[str, Plan]
+    templates: Templates
     clock: Clock
 
     @property
@@ -58,19 +60,21 @@ def create_app(
 
 
 def _build(settings: Settings, engine: Engine | None, clock: Clock) -> Flask:
-    from webhooks import booking, health, staff
+    from webhooks import booking, health, staff, twilio
 
     install_log_masking()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    plans = load_plans(settings.plans_dir)
     app.extensions["aftercare"] = Services(
         settings=settings,
         engine=engine or make_engine(settings.database_url),
-        plans=load_plans(settings.plans_dir),
+        plans=plans,
+        templates=load_whatsapp_templates(settings, plans),
         clock=clock,
     )
-    for blueprint in (booking.bp, staff.bp, health.bp):
+    for blueprint in (booking.bp, twilio.bp, staff.bp, health.bp):
         app.register_blueprint(blueprint)
     app.register_error_handler(HTTPException, _json_error)
     return app

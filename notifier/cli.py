@@ -21,6 +21,7 @@ from notifier.db import make_engine
 from notifier.plan import PlanError, load_plans
 from notifier.preview import render_preview
 from notifier.settings import ConfigError, Settings
+from notifier.whatsapp import load_whatsapp_templates
 from notifier.worker import WorkerLockError, build_dispatcher, run_worker, single_worker_lock
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -129,10 +130,15 @@ def plan() -> None:
 )
 @clear_errors
 def check(directory: Path | None) -> None:
-    """Validate every plan file; each problem names its file and step."""
-    plans = load_plans(directory or Settings.from_env().plans_dir)
+    """Validate every plan file, and the WhatsApp template mapping against them."""
+    settings = Settings.from_env()
+    plans = load_plans(directory or settings.plans_dir)
     for kind, item in sorted(plans.items()):
         click.echo(f"ok  {kind}: {len(item.steps)} steps, languages {', '.join(item.languages)}")
+    templates = load_whatsapp_templates(settings, plans)
+    source = settings.whatsapp_templates_file
+    found = f"{len(templates.by_step)} templates" if source.exists() else "no file: SMS fallback"
+    click.echo(f"ok  WhatsApp templates ({source}): {found}")
 
 
 @plan.command()

@@ -53,6 +53,17 @@ def opt_out(session: Session, patient: Patient, source: Source, now: datetime) -
     hold_pending(session, patient, now)
 
 
+def opt_in(session: Session, patient: Patient, source: Source, now: datetime) -> None:
+    """The patient asked to resume: held messages still valid are scheduled again."""
+    if not patient.opted_out:
+        return
+    patient.opted_out = False
+    session.add(patient)
+    _log(session, patient, True, source, now)
+    if patient.consented:
+        resume_held(session, patient, now)
+
+
 def hold_pending(session: Session, patient: Patient, now: datetime) -> int:
     """Every scheduled message of the patient becomes held; returns how many."""
     result = session.exec(

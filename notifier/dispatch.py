@@ -13,17 +13,17 @@ import logging
 import random
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, select, update
 
-from notifier import consent
+from notifier import consent, delivery, whatsapp
 from notifier.db import transaction
 from notifier.models import Message, Patient, Status, Treatment, TreatmentStatus
-from notifier.outbox import Clinic, schedule_next_yearly
+from notifier.outbox import Clinic, placeholders, schedule_next_yearly
 from notifier.plan import Plan
 from notifier.privacy import mask_phone
 from notifier.schedule import into_window
@@ -38,6 +38,7 @@ from notifier.sending import (
     SendError,
 )
 from notifier.settings import Settings
+from notifier.whatsapp import Templates
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +92,13 @@ class Dispatcher:
         plans: dict[str, Plan],
         settings: Settings,
         rng: random.Random | None = None,
+        templates: Templates | None = None,
     ) -> None:
         self.engine = engine
         self.sender = sender
         self.plans = plans
         self.settings = settings
+        self.templates = templates or Templates({})
         self.clinic = Clinic(settings.clinic_name, settings.clinic_phone)
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self.lease = timedelta(seconds=settings.lease_seconds)
@@ -110,12 +113,11 @@ class Dispatcher:
         self._recover(now, report)
         batch = self._claim(now)
         report.claimed = len(batch)
-        ready = self._recheck(batch, now, report)
-        futures: dict[Future[Accepted], _Claimed] = {
-            self.pool.submit(self.sender.send, outgoing): item for item, outgoing in ready
-        }
-        for future in as_completed(futures):
-            self._record(futures[future], future, now, report)
+        if batch:
+            refused = self._send(batch, now, report)
+            self._opt_out(refused, now)
+        with transaction(self.engine) as session:
+            delivery.match_early_callbacks(session, now)
         return report
 
     # -- the steps of a pass -------------------------------------------------
@@ -159,7 +161,7 @@ class Dispatcher:
                 self.sender.find_sent(
                     patient.phone,
                     message.channel,  # type: ignore[arg-type]
-                    message.body or "",
+                    None if message.content_sid else message.body,
                     since,
                 )
                 if patient.phone
@@ -201,34 +203,109 @@ class Dispatcher:
                 session.add(message)
         return batch
 
+    def _send(self, batch: Sequence[_Claimed], now: datetime, report: PassReport) -> list[_Claimed]:
+        """Send a claimed batch; returns the messages Twilio refused as opted out (21610).
+
+        The whole batch runs in one transaction that first locks out opt-outs: on
+        SQLite its first statement takes the database's write lock, on PostgreSQL the
+        patients are read FOR SHARE. A STOP therefore cannot commit while these sends
+        are in flight, and consent is re-read after any STOP that committed before:
+        no message is sent after an opt-out is committed.
+        """
+        refused: list[_Claimed] = []
+        with transaction(self.engine) as session:
+            fresh = self._lock_out_opt_outs(session, batch, now)
+            ready = self._recheck(session, fresh, now, report)
+            futures: dict[Future[Accepted], _Claimed] = {
+                self.pool.submit(self.sender.send, outgoing): item for item, outgoing in ready
+            }
+            for future in as_completed(futures):
+                if self._record(session, futures[future], future, now, report):
+                    refused.append(futures[future])
+        return refused
+
+    def _lock_out_opt_outs(
+        self, session: Session, batch: Sequence[_Claimed], now: datetime
+    ) -> list[_Claimed]:
+        """Take the locks described in `_send`, and the batch with fresh patients and
+        treatments read under them."""
+        session.exec(
+            update(Message)
+            .where(col(Message.id).in_([i.message.id for i in batch]))
+            .values(updated_at=now)
+        )
+        patients = {
+            p.id: p
+            for p in session.exec(
+                select(Patient)
+                .where(col(Patient.id).in_({i.patient.id for i in batch}))
+                .with_for_update(read=True)
+            ).all()
+        }
+        treatments = {
+            t.id: t
+            for t in session.exec(
+                select(Treatment).where(col(Treatment.id).in_({i.treatment.id for i in batch}))
+            ).all()
+        }
+        return [
+            _Claimed(i.message, patients[i.patient.id], treatments[i.treatment.id]) for i in batch
+        ]
+
     def _recheck(
-        self, batch: Sequence[_Claimed], now: datetime, report: PassReport
+        self, session: Session, batch: Sequence[_Claimed], now: datetime, report: PassReport
     ) -> list[tuple[_Claimed, Outgoing]]:
         """Consent, treatment and window are checked again after the claim."""
         ready: list[tuple[_Claimed, Outgoing]] = []
-        with transaction(self.engine) as session:
-            for item in batch:
-                message, patient = item.message, item.patient
-                session.add(message)
-                if item.treatment.status != TreatmentStatus.ACTIVE or patient.phone is None:
-                    self._finish(session, item, Status.CANCELLED, now)
-                    report.cancelled += 1
-                elif not patient.reachable:
-                    self._finish(session, item, Status.HELD, now)
-                    report.held += 1
-                elif not self._defer_to_window(session, item, now, report):
-                    ready.append(
-                        (
-                            item,
-                            Outgoing(
-                                to=patient.phone,
-                                channel=message.channel,  # type: ignore[arg-type]
-                                body=message.body or "",
-                                status_callback=self._status_callback(),
-                            ),
-                        )
-                    )
+        for item in batch:
+            message, patient = item.message, item.patient
+            session.add(message)
+            if item.treatment.status != TreatmentStatus.ACTIVE or patient.phone is None:
+                self._finish(session, item, Status.CANCELLED, now)
+                report.cancelled += 1
+            elif not patient.reachable:
+                self._finish(session, item, Status.HELD, now)
+                report.held += 1
+            elif not self._defer_to_window(session, item, now, report):
+                outgoing = self._route(session, item, now, report)
+                if outgoing is not None:
+                    ready.append((item, outgoing))
         return ready
+
+    def _route(
+        self, session: Session, item: _Claimed, now: datetime, report: PassReport
+    ) -> Outgoing | None:
+        """How the message goes: SMS; WhatsApp free text inside the 24-hour window;
+        an approved template outside it; else SMS instead (or failed, if not allowed)."""
+        message, patient = item.message, item.patient
+        assert patient.phone is not None
+        plain = Outgoing(
+            to=patient.phone,
+            channel="sms",
+            body=message.body or "",
+            status_callback=self._status_callback(),
+        )
+        if message.channel != "whatsapp":
+            return plain
+        if whatsapp.in_window(patient.whatsapp_inbound_at, now):
+            return replace(plain, channel="whatsapp")
+        template = self.templates.find(item.treatment.kind, message.step, message.language)
+        if template is not None:
+            message.content_sid = template.content_sid
+            return replace(
+                plain,
+                channel="whatsapp",
+                content_sid=template.content_sid,
+                content_variables=template.content_variables(placeholders(patient, self.clinic)),
+            )
+        reason = "no approved WhatsApp template for this step outside the 24-hour window"
+        if not self.settings.whatsapp_sms_fallback:
+            message.error_message = reason
+            self._finish(session, item, Status.FAILED, now)
+            report.failed += 1
+            return None
+        message.channel, message.fallback_reason = "sms", reason
+        return plain
 
     def _defer_to_window(
         self, session: Session, item: _Claimed, now: datetime, report: PassReport
@@ -249,39 +326,74 @@ class Dispatcher:
         return True
 
     def _record(
-        self, item: _Claimed, future: Future[Accepted], now: datetime, report: PassReport
-    ) -> None:
-        """Turn the sender's answer into the message's next status."""
+        self,
+        session: Session,
+        item: _Claimed,
+        future: Future[Accepted],
+        now: datetime,
+        report: PassReport,
+    ) -> bool:
+        """Turn the sender's answer into the message's next status; True for 21610."""
         message = item.message
+        try:
+            accepted = future.result()
+        except RecipientOptedOut as error:
+            self._fail(session, item, error, now, report)
+            return True
+        except PermanentFailure as error:
+            if not self._fall_back(item, error, now, report):
+                self._fail(session, item, error, now, report)
+        except RetryLater as error:
+            self._retry(session, item, error, now, report)
+        except Exception as error:  # Ambiguous, or a sender bug: it may have gone out
+            level = logging.WARNING if isinstance(error, Ambiguous) else logging.ERROR
+            log.log(
+                level,
+                "message %s to %s: outcome unknown (%s); will reconcile",
+                message.id,
+                mask_phone(item.patient.phone),
+                error,
+                exc_info=not isinstance(error, SendError),
+            )
+            message.error_message = str(error)[:255]
+            message.lease_until = now + retry_delay(message.attempts, self.rng)
+            report.unresolved += 1
+        else:
+            message.sid = accepted.sid
+            self._finish(session, item, Status.QUEUED, now)
+            report.sent += 1
+        return False
+
+    def _fall_back(
+        self, item: _Claimed, error: SendError, now: datetime, report: PassReport
+    ) -> bool:
+        """A WhatsApp failure that SMS can get around: reschedule the message as SMS."""
+        message = item.message
+        if (
+            message.channel != "whatsapp"
+            or error.code not in whatsapp.UNDELIVERABLE_ON_WHATSAPP
+            or not self.settings.whatsapp_sms_fallback
+        ):
+            return False
+        whatsapp.fall_back_to_sms(
+            message, f"WhatsApp error {error.code}: {error}", ZoneInfo(item.patient.timezone), now
+        )
+        message.lease_until = None
+        report.retrying += 1
+        return True
+
+    def _opt_out(self, refused: list[_Claimed], now: datetime) -> None:
+        """Twilio says these patients opted out (21610): hold the rest of their messages.
+
+        Done after the batch commits: updating a patient row inside the batch could
+        deadlock with another worker holding the same row FOR SHARE."""
+        if not refused:
+            return
         with transaction(self.engine) as session:
-            session.add(message)
-            try:
-                accepted = future.result()
-            except RecipientOptedOut as error:
-                self._fail(session, item, error, now, report)
-                session.add(item.patient)
-                consent.opt_out(session, item.patient, consent.Source.TWILIO_21610, now)
-            except PermanentFailure as error:
-                self._fail(session, item, error, now, report)
-            except RetryLater as error:
-                self._retry(session, item, error, now, report)
-            except Exception as error:  # Ambiguous, or a sender bug: it may have gone out
-                level = logging.WARNING if isinstance(error, Ambiguous) else logging.ERROR
-                log.log(
-                    level,
-                    "message %s to %s: outcome unknown (%s); will reconcile",
-                    message.id,
-                    mask_phone(item.patient.phone),
-                    error,
-                    exc_info=not isinstance(error, SendError),
-                )
-                message.error_message = str(error)[:255]
-                message.lease_until = now + retry_delay(message.attempts, self.rng)
-                report.unresolved += 1
-            else:
-                message.sid = accepted.sid
-                self._finish(session, item, Status.QUEUED, now)
-                report.sent += 1
+            for item in refused:
+                patient = session.get(Patient, item.patient.id)
+                if patient is not None:
+                    consent.opt_out(session, patient, consent.Source.TWILIO_21610, now)
 
     # -- outcomes ------------------------------------------------------------
 

@@ -97,14 +97,15 @@ def complete_treatment(
     return outcome
 
 
-def cancel_treatment(session: Session, external_id: str, now: datetime) -> int | None:
-    """Apply `treatment.cancelled`; the number of messages cancelled, None if unknown."""
+def cancel_treatment(session: Session, external_id: str, now: datetime) -> Treatment | None:
+    """Apply `treatment.cancelled`: its pending messages are cancelled. None if unknown."""
     treatment = session.exec(select(Treatment).where(Treatment.external_id == external_id)).first()
     if treatment is None:
         return None
     treatment.status, treatment.updated_at = TreatmentStatus.CANCELLED, now
     session.add(treatment)
-    return cancel_pending(session, treatment, now)
+    cancel_pending(session, treatment, now)
+    return treatment
 
 
 def _upsert_patient(session: Session, who: PatientDetails, now: datetime) -> tuple[Patient, bool]:

@@ -55,6 +55,8 @@ class Patient(SQLModel, table=True):
     timezone: str = Field(max_length=64)
     consented: bool = True  # the clinic recorded the patient's consent
     opted_out: bool = False  # the patient said STOP (only START lifts it)
+    # The patient's last WhatsApp message: free text may be sent for 24 hours after it.
+    whatsapp_inbound_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
     created_at: datetime = Field(sa_column=_utc())
     updated_at: datetime = Field(sa_column=_utc())
 
@@ -87,8 +89,11 @@ class Message(SQLModel, table=True):
     treatment_id: int = Field(foreign_key="treatment.id", index=True)
     step: str = Field(max_length=64)
     occurrence: int = 0  # which repeat of the step (0 = first)
-    channel: str = Field(max_length=16)
+    channel: str = Field(max_length=16)  # the channel it goes (or went) by
+    language: str = Field(default="en", max_length=16)  # the language it was rendered in
     body: str | None = None  # rendered when scheduled; None once erased
+    content_sid: str | None = Field(default=None, max_length=34)  # sent as this template
+    fallback_reason: str | None = Field(default=None, max_length=255)  # why not WhatsApp
     send_at: datetime = Field(sa_column=_utc())
     expires_at: datetime = Field(sa_column=_utc())
     window_start: int  # minutes after local midnight, frozen with the text
@@ -108,6 +113,9 @@ class BookingEvent(SQLModel, table=True):
     """A processed booking webhook event, kept so a replay gets the same answer."""
 
     id: str = Field(primary_key=True, max_length=128)
+    # The booking system's ids the answer is about, so erasure can find it.
+    patient_id: str | None = Field(default=None, max_length=128, index=True)
+    treatment_id: str | None = Field(default=None, max_length=128, index=True)
     fingerprint: str = Field(max_length=64)  # sha256 of the canonical JSON body
     status_code: int
     response: str  # the JSON answer we gave
@@ -122,3 +130,27 @@ class ConsentChange(SQLModel, table=True):
     at: datetime = Field(sa_column=_utc())
     consented: bool
     source: str = Field(max_length=32)  # booking, keyword, twilio_21610, staff
+
+
+class Reply(SQLModel, table=True):
+    """An inbound message that is not a keyword: something for staff to read."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    sid: str = Field(max_length=64, unique=True)  # Twilio's MessageSid: one row per message
+    patient_id: int | None = Field(default=None, foreign_key="patient.id", index=True)
+    from_phone: str | None = Field(default=None, max_length=20)  # E.164; None once erased
+    channel: str = Field(default="sms", max_length=16)
+    body: str | None = None  # None once erased
+    received_at: datetime = Field(sa_column=_utc())
+    handled: bool = Field(default=False, index=True)
+
+
+class StatusCallback(SQLModel, table=True):
+    """Every delivery status Twilio reported, kept even before the message's SID is known."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    sid: str = Field(max_length=64, index=True)
+    message_id: int | None = Field(default=None, foreign_key="message.id", index=True)
+    status: str = Field(max_length=32)
+    error_code: int | None = None
+    received_at: datetime = Field(sa_column=_utc(index=True))

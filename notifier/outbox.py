@@ -88,15 +88,16 @@ def cancel_pending(session: Session, treatment: Treatment, now: datetime) -> int
 
 
 def render(plan: Plan, step: Step, patient: Patient, clinic: Clinic) -> str:
-    return plan.render(
-        step,
-        patient.language,
-        {
-            "first_name": patient.first_name or "",
-            "clinic_name": clinic.name,
-            "clinic_phone": clinic.phone,
-        },
-    )
+    return plan.render(step, patient.language, placeholders(patient, clinic))
+
+
+def placeholders(patient: Patient, clinic: Clinic) -> dict[str, str]:
+    """What a plan text or a WhatsApp template may say about the patient and clinic."""
+    return {
+        "first_name": patient.first_name or "",
+        "clinic_name": clinic.name,
+        "clinic_phone": clinic.phone,
+    }
 
 
 def _row(
@@ -123,6 +124,7 @@ def _row(
         step=item.step,
         occurrence=item.occurrence,
         channel=patient.channel,
+        language=plan.language_for(patient.language),
         body=render(plan, step, patient, clinic),
         send_at=item.send_at,
         expires_at=item.expires_at,

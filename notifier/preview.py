@@ -8,8 +8,10 @@ from zoneinfo import ZoneInfo
 from notifier.plan import Plan
 from notifier.schedule import plan_messages
 from notifier.settings import Settings
+from notifier.sms_encoding import encoding
 
 _FORMAT = "%a %Y-%m-%d %H:%M %Z"
+MAX_SEGMENTS = 3  # beyond this a text is costly and reads badly on a phone
 
 
 def render_preview(
@@ -43,9 +45,11 @@ def render_preview(
         text = plan.render(step, lang, values)
         repeat = f" #{item.occurrence + 1}" if item.occurrence or step.every_days else ""
         lines.append(f"day {day:>3}  {local:{_FORMAT}}  {item.step}{repeat}  [{state}]")
+        sms = encoding(text)
+        warning = "  WARNING: over 3 segments" if sms.segments > MAX_SEGMENTS else ""
         lines.append(
-            f"          valid until {item.expires_at.astimezone(tz):{_FORMAT}}, "
-            f"{len(text)} characters"
+            f"          valid until {item.expires_at.astimezone(tz):{_FORMAT}}; "
+            f"{len(text)} characters, {sms}{warning}"
         )
         lines.append(f"          {text}")
         lines.append("")

@@ -26,6 +26,9 @@ class Outgoing:
     channel: Channel
     body: str
     status_callback: str | None = None
+    # An approved WhatsApp template instead of the body (outside the 24-hour window).
+    content_sid: str | None = None
+    content_variables: str | None = None  # JSON, as Twilio's ContentVariables
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,9 @@ class Sender(Protocol):
 
     def send(self, message: Outgoing) -> Accepted: ...
 
-    def find_sent(self, to: str, channel: Channel, body: str, since: datetime) -> str | None:
-        """Return the SID of a message with this body sent to `to` since `since`, if any."""
+    def find_sent(self, to: str, channel: Channel, body: str | None, since: datetime) -> str | None:
+        """The SID of a message sent to `to` since `since` with this body (any body when
+        None: a template's text is Twilio's, not ours), if there is one."""
         ...
 
 
@@ -82,14 +86,16 @@ class ConsoleSender:
     def send(self, message: Outgoing) -> Accepted:
         sid = "CONSOLE" + secrets.token_hex(13)
         out = self._out or sys.stdout
+        text = message.body
+        if message.content_sid:
+            text = f"template {message.content_sid} {message.content_variables}"
         print(
-            f"[console sender] {message.channel} to {mask_phone(message.to)} ({sid}):\n"
-            f"  {message.body}",
+            f"[console sender] {message.channel} to {mask_phone(message.to)} ({sid}):\n  {text}",
             file=out,
             flush=True,
         )
         return Accepted(sid=sid)
 
-    def find_sent(self, to: str, channel: Channel, body: str, since: datetime) -> str | None:
+    def find_sent(self, to: str, channel: Channel, body: str | None, since: datetime) -> str | None:
         # The console keeps no history, and anything printed was printed once.
         return None

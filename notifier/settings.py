@@ -20,6 +20,7 @@ import phonenumbers
 DEFAULT_DATABASE_URL = "sqlite:///aftercare.sqlite3"
 DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
 PLANS_DIR = Path(__file__).resolve().parent.parent / "config" / "plans"
+TEMPLATES_FILE = PLANS_DIR.parent / "whatsapp_templates.toml"
 
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 
@@ -66,6 +67,9 @@ class Settings:
     lease_seconds: int = 300
     max_attempts: int = 8
     plans_dir: Path = PLANS_DIR
+    whatsapp_templates_file: Path = TEMPLATES_FILE
+    whatsapp_templates_required: bool = False  # named explicitly: it must exist
+    whatsapp_sms_fallback: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -87,6 +91,9 @@ class Settings:
             lease_seconds=int(env.number("DISPATCH_LEASE_SECONDS", 300, 30, 300)),
             max_attempts=int(env.number("DISPATCH_MAX_ATTEMPTS", 8, 1, 50)),
             plans_dir=Path(env.get("AFTERCARE_PLANS_DIR") or PLANS_DIR),
+            whatsapp_templates_file=Path(env.get("WHATSAPP_TEMPLATES_FILE") or TEMPLATES_FILE),
+            whatsapp_templates_required=env.get("WHATSAPP_TEMPLATES_FILE") is not None,
+            whatsapp_sms_fallback=env.flag("WHATSAPP_SMS_FALLBACK", default=True),
         )
 
     @property
@@ -145,6 +152,16 @@ class _Env:
         if not low <= number <= high:
             raise ConfigError(f"{name}: {value} is outside {low:g}..{high:g}")
         return number
+
+    def flag(self, name: str, *, default: bool) -> bool:
+        value = self.get(name)
+        if value is None:
+            return default
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: {value!r} is not true or false")
 
     def e164(self, name: str, *, allow_whatsapp: bool = False) -> str | None:
         value = self.get(name)

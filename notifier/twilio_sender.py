@@ -73,7 +73,11 @@ class TwilioSender:
     def send(self, message: Outgoing) -> Accepted:
         """Ask Twilio to send `message`; raise a `SendError` kind if it did not take it."""
         params = {"to": _address(message.to, message.channel), **self._sender(message.channel)}
-        params["body"] = message.body
+        if message.content_sid is not None:
+            params["content_sid"] = message.content_sid
+            params["content_variables"] = message.content_variables or "{}"
+        else:
+            params["body"] = message.body
         if message.status_callback is not None:
             params["status_callback"] = message.status_callback
         created = _converted(lambda: self._messages.create(**params))
@@ -82,7 +86,7 @@ class TwilioSender:
         )
         return Accepted(sid=str(created.sid), status=_status(created.status))
 
-    def find_sent(self, to: str, channel: Channel, body: str, since: datetime) -> str | None:
+    def find_sent(self, to: str, channel: Channel, body: str | None, since: datetime) -> str | None:
         """Return the SID of an outbound message with this body Twilio has for `to` since `since`.
 
         Used before re-sending after an ambiguous failure, so a message Twilio did
@@ -97,7 +101,7 @@ class TwilioSender:
         if self._http.session is not None:
             self._http.session.close()
 
-    def _first_match(self, address: str, body: str, since: datetime) -> str | None:
+    def _first_match(self, address: str, body: str | None, since: datetime) -> str | None:
         # Not filtered by DateSent: Twilio leaves date_sent empty while a message is
         # still queued, which is exactly the message an ambiguous send may have left.
         # Twilio lists newest first, so the walk stops at the first one created before
@@ -106,7 +110,8 @@ class TwilioSender:
             created = record.date_created
             if isinstance(created, datetime) and _utc(created) < since:
                 return None
-            if record.body == body and str(record.direction or "").startswith("outbound"):
+            same_body = body is None or record.body == body
+            if same_body and str(record.direction or "").startswith("outbound"):
                 return str(record.sid)
         return None
 

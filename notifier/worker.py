@@ -23,6 +23,7 @@ from notifier.dispatch import Dispatcher
 from notifier.plan import load_plans
 from notifier.sending import ConsoleSender, Sender
 from notifier.settings import Settings
+from notifier.whatsapp import load_whatsapp_templates
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,14 @@ def build_sender(settings: Settings) -> Sender:
 
 
 def build_dispatcher(settings: Settings, engine: Engine) -> Dispatcher:
-    return Dispatcher(engine, build_sender(settings), load_plans(settings.plans_dir), settings)
+    plans = load_plans(settings.plans_dir)
+    return Dispatcher(
+        engine,
+        build_sender(settings),
+        plans,
+        settings,
+        templates=load_whatsapp_templates(settings, plans),
+    )
 
 
 def dispatch_now(dispatcher: Dispatcher) -> None:

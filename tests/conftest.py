@@ -17,16 +17,19 @@ from typing import Any
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
+from twilio.request_validator import RequestValidator
 
 from notifier import create_app, migrate
 from notifier.db import make_engine
 from notifier.dispatch import Dispatcher
 from notifier.plan import load_plans
 from notifier.sending import Accepted, Outgoing, SendError
-from notifier.settings import Settings
+from notifier.settings import Settings, TwilioSettings
 from webhooks.signature import sign
 
 SECRET = "test-booking-secret"
+TWILIO_TOKEN = "test-twilio-auth-token"
+TWILIO_SID = "AC" + "0123456789abcdef" * 2
 STAFF_TOKEN = "staff-token-0123456789"
 # 2027-03-01 10:00 in Dubai: a Monday morning inside every send window.
 START = datetime(2027, 3, 1, 6, 0, tzinfo=UTC)
@@ -106,6 +109,15 @@ def database_url(request: pytest.FixtureRequest) -> str:
 def settings(database_url: str) -> Settings:
     return Settings(
         database_url=database_url,
+        twilio=TwilioSettings(
+            account_sid=TWILIO_SID,
+            auth_token=TWILIO_TOKEN,
+            sms_from="+14155550100",
+            messaging_service_sid=None,
+            whatsapp_from=None,
+            api_base_url="http://127.0.0.1:9",
+            timeout_seconds=1.0,
+        ),
         booking_webhook_secret=SECRET,
         staff_api_tokens=(STAFF_TOKEN,),
         clinic_name="Skin Clinic",
@@ -217,6 +229,69 @@ class BookingSystem:
 @pytest.fixture
 def booking(client: Any, clock: Clock) -> BookingSystem:
     return BookingSystem(client, clock)
+
+
+@dataclass
+class TwilioWebhooks:
+    """Posts form callbacks signed exactly as Twilio signs them."""
+
+    client: Any
+    base_url: str = "http://localhost"  # what the Flask test client's requests look like
+    token: str = TWILIO_TOKEN
+    sids: int = 0
+
+    def post(
+        self,
+        path: str,
+        params: dict[str, str],
+        *,
+        signature: str | None = None,
+        signed_url: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        url = signed_url or self.base_url + path
+        signed = RequestValidator(self.token).compute_signature(url, params)
+        headers = {"X-Twilio-Signature": signature if signature is not None else signed}
+        return self.client.post(path, data=params, headers=headers, **kwargs)
+
+    def inbound(
+        self,
+        body: str,
+        *,
+        sender: str = "+971501234567",
+        sid: str | None = None,
+        opt_out_type: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        self.sids += 1
+        params = {
+            "MessageSid": sid or f"SM{self.sids:032x}",
+            "AccountSid": TWILIO_SID,
+            "From": sender,
+            "To": "+14155550100",
+            "Body": body,
+            "NumMedia": "0",
+        }
+        if opt_out_type is not None:
+            params["OptOutType"] = opt_out_type
+        return self.post("/webhooks/twilio/inbound", params, **kwargs)
+
+    def status(self, sid: str, status: str, error_code: int | None = None) -> Any:
+        params = {
+            "MessageSid": sid,
+            "MessageStatus": status,
+            "AccountSid": TWILIO_SID,
+            "To": "+971501234567",
+            "From": "+14155550100",
+        }
+        if error_code is not None:
+            params["ErrorCode"] = str(error_code)
+        return self.post("/webhooks/twilio/status", params)
+
+
+@pytest.fixture
+def twilio(client: Any) -> TwilioWebhooks:
+    return TwilioWebhooks(client)
 
 
 # -- sending ----------------------------------------------------------------------

@@ -762,8 +762,7 @@ def test_a_cancelled_treatment_cancels_its_pending_messages(
     set_status(engine, "T-555", "after_treatment", "queued")  # already out: left alone
     answer = booking.post(cancel_event("evt_0002", "T-555"))
     assert answer.status_code == 200, answer.data
-    body = answer.get_json()
-    assert (body["treatment_id"], body["cancelled"]) == ("T-555", len(SPEC_TIMELINE) - 1)
+    assert answer.get_json() == {"treatment_id": "T-555", "cancelled": True}
     assert sorted(m["status"] for m in patient_json(booking.client)["messages"]) == [
         "cancelled"
     ] * (len(SPEC_TIMELINE) - 1) + ["queued"]
@@ -774,7 +773,21 @@ def test_cancelling_an_unknown_treatment_is_200_with_nothing_cancelled(
 ) -> None:
     answer = booking.post(cancel_event("evt_0002", "T-404"))
     assert answer.status_code == 200
-    assert answer.get_json()["cancelled"] == 0
+    body = answer.get_json()
+    assert set(body) == {"treatment_id", "cancelled", "reason"}
+    assert (body["treatment_id"], body["cancelled"]) == ("T-404", False)
+    assert body["reason"]
+
+
+def test_cancelling_a_treatment_twice_with_two_events_answers_cancelled_both_times(
+    booking: BookingSystem, engine: Any
+) -> None:
+    booking.post(completed_event())
+    assert booking.post(cancel_event("evt_0002", "T-555")).get_json()["cancelled"] is True
+    again = booking.post(cancel_event("evt_0003", "T-555"))
+    assert again.status_code == 200
+    assert again.get_json() == {"treatment_id": "T-555", "cancelled": True}
+    assert statuses(engine, "T-555") == {"cancelled"}
 
 
 def test_a_cancellation_without_a_treatment_id_is_422(booking: BookingSystem, engine: Any) -> None:
@@ -812,16 +825,19 @@ def test_a_treatment_id_of_another_patient_is_409_and_changes_nothing(
         assert len(session.exec(select(Patient)).all()) == 1
 
 
-# -- events not built yet ------------------------------------------------------------------------
+# -- patient events ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["patient.updated", "patient.erased"])
-def test_patient_events_answer_501_and_are_not_recorded(
-    booking: BookingSystem, engine: Any, kind: str
+def test_patient_updated_answers_501_and_is_not_recorded(
+    booking: BookingSystem, engine: Any
 ) -> None:
     booking.post(completed_event())
     before = patient_json(booking.client)
-    event = {"id": "evt_0002", "type": kind, "patient": {"id": "P-1001", "phone": "+971509999999"}}
+    event = {
+        "id": "evt_0002",
+        "type": "patient.updated",
+        "patient": {"id": "P-1001", "phone": "+971509999999"},
+    }
     answer = booking.post(event)
     assert answer.status_code == 501
     assert "error" in answer.get_json()
@@ -832,6 +848,21 @@ def test_patient_events_answer_501_and_are_not_recorded(
     assert booking.post(event).status_code == 501
     event["patient"]["phone"] = "+971508888888"
     assert booking.post(event).status_code == 501
+
+
+def test_patient_erased_is_supported_and_recorded(booking: BookingSystem, engine: Any) -> None:
+    booking.post(completed_event())
+    event = {"id": "evt_0002", "type": "patient.erased", "patient": {"id": "P-1001"}}
+    answer = booking.post(event)
+    assert answer.status_code == 200, answer.data
+    assert answer.get_json() == {"erased": True, "messages_cancelled": len(SPEC_TIMELINE)}
+    assert sorted(stored_events(engine)) == ["evt_0001", "evt_0002"]
+    assert staff_view(booking.client).status_code == 404
+    assert {m.status for m in rows(engine)} == {"cancelled"}
+    again = booking.post(event)
+    assert (again.status_code, again.get_json()) == (200, answer.get_json())
+    changed = {**event, "patient": {"id": "P-2002"}}
+    assert booking.post(changed).status_code == 409
 
 
 # -- no input is a server error -------------------------------------------------------------------
@@ -881,6 +912,7 @@ JSON = st.recursive(
             "treatment.completed",
             "treatment.cancelled",
             "patient.updated",
+            "patient.erased",
             "2027-03-01T10:00:00+04:00",
             "2027-03-01T10:00:00",
             "2027-02-20T10:00:00Z",
@@ -937,7 +969,7 @@ def test_arbitrary_json_is_never_a_server_error(sqlite_booking: BookingSystem, v
 
 @st.composite
 def mutated_events(draw: st.DrawFn) -> dict[str, Any]:
-    """A valid event (completed or cancelled) with a few fields dropped or replaced."""
+    """A valid event (completed, cancelled or erased) with a few fields dropped or replaced."""
     patient = draw(st.integers(0, 3))
     event = completed_event(
         patient={"id": f"P-{patient}"},
@@ -950,7 +982,9 @@ def mutated_events(draw: st.DrawFn) -> dict[str, Any]:
             )
         ),
     )
-    event["type"] = draw(st.sampled_from(["treatment.completed", "treatment.cancelled"]))
+    event["type"] = draw(
+        st.sampled_from(["treatment.completed", "treatment.cancelled", "patient.erased"])
+    )
     del event["id"]
     paths = draw(st.lists(st.sampled_from(EVENT_PATHS), max_size=4, unique=True))
     for path in paths:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -12,7 +12,14 @@ from sqlalchemy import create_engine
 
 from notifier import create_app
 from notifier.settings import Settings
-from tests.conftest import STAFF_TOKEN, START, BookingSystem, Clock, completed_event
+from tests.conftest import (
+    STAFF_TOKEN,
+    START,
+    BookingSystem,
+    Clock,
+    TwilioWebhooks,
+    completed_event,
+)
 
 PATIENT_KEYS = {
     "id",
@@ -22,10 +29,14 @@ PATIENT_KEYS = {
     "timezone",
     "opted_out",
     "messages",
+    "replies",
     "consent_log",
 }
 MESSAGE_KEYS = {"step", "send_at", "status", "channel", "sid", "error_code", "body"}
+REPLY_KEYS = {"received_at", "body", "sid", "handled"}
+LISTED_REPLY_KEYS = {"sid", "patient_id", "from", "received_at", "body", "handled"}
 CONSENT_KEYS = {"at", "consented", "source"}
+PHONE = "+971501234567"
 
 
 def get_patient(client: Any, headers: dict[str, str] | None, patient_id: str = "P-1001") -> Any:
@@ -186,16 +197,257 @@ def test_every_timestamp_is_utc(
     assert [c["consented"] for c in patient["consent_log"]] == [True, False]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: webhooks/staff.py:72 _patient_json has no 'replies' list, which SPEC §9 "
-    "lists in GET /api/patients/<id>",
-)
 def test_a_patient_shows_their_replies(
+    enrolled: BookingSystem, staff_headers: dict[str, str], twilio: TwilioWebhooks, clock: Clock
+) -> None:
+    assert get_patient(enrolled.client, staff_headers).get_json()["replies"] == []
+    twilio.inbound("Is redness normal?", sid="SM" + "1" * 32)
+    clock.advance(hours=2)
+    twilio.inbound("It's gone now, thanks", sid="SM" + "2" * 32)
+    twilio.inbound("Not from Omar", sender="+971509999999", sid="SM" + "3" * 32)
+    replies = get_patient(enrolled.client, staff_headers).get_json()["replies"]
+    assert replies == [
+        {
+            "received_at": "2027-03-01T08:00:00Z",
+            "body": "It's gone now, thanks",
+            "sid": "SM" + "2" * 32,
+            "handled": False,
+        },
+        {
+            "received_at": "2027-03-01T06:00:00Z",
+            "body": "Is redness normal?",
+            "sid": "SM" + "1" * 32,
+            "handled": False,
+        },
+    ]
+    for reply in replies:
+        assert set(reply) >= REPLY_KEYS
+
+
+# -- replies --------------------------------------------------------------------------------
+
+
+def list_replies(client: Any, query: str = "?handled=false") -> Any:
+    return client.get(f"/api/replies{query}", headers={"Authorization": f"Bearer {STAFF_TOKEN}"})
+
+
+def reply_sids(client: Any, query: str = "?handled=false") -> list[str]:
+    answer = list_replies(client, query)
+    assert answer.status_code == 200, answer.data
+    return [r["sid"] for r in answer.get_json()["replies"]]
+
+
+@pytest.fixture
+def three_replies(enrolled: BookingSystem, twilio: TwilioWebhooks, clock: Clock) -> list[str]:
+    """Replies at 10:00, 10:30 and 11:00 Dubai time; the last from an unknown number."""
+    sids = ["SM" + str(n) * 32 for n in (1, 2, 3)]
+    for n, sid in enumerate(sids):
+        sender = "+971509999999" if n == 2 else PHONE
+        assert twilio.inbound(f"reply {n}", sid=sid, sender=sender).status_code == 200
+        clock.advance(minutes=30)
+    return sids
+
+
+def test_replies_needing_attention_are_listed_newest_first(
+    enrolled: BookingSystem, three_replies: list[str]
+) -> None:
+    answer = list_replies(enrolled.client)
+    assert answer.status_code == 200
+    replies = answer.get_json()["replies"]
+    assert [r["sid"] for r in replies] == three_replies[::-1]
+    for reply in replies:
+        assert set(reply) == LISTED_REPLY_KEYS
+        assert reply["received_at"].endswith("Z")
+        assert reply["handled"] is False
+    assert [(r["patient_id"], r["from"], r["body"]) for r in replies] == [
+        (None, "+971509999999", "reply 2"),
+        ("P-1001", PHONE, "reply 1"),
+        ("P-1001", PHONE, "reply 0"),
+    ]
+    assert [r["received_at"] for r in replies] == [
+        "2027-03-01T07:00:00Z",
+        "2027-03-01T06:30:00Z",
+        "2027-03-01T06:00:00Z",
+    ]
+
+
+def test_replies_at_the_same_moment_are_listed_latest_received_first(
+    enrolled: BookingSystem, twilio: TwilioWebhooks
+) -> None:
+    for n in range(3):
+        twilio.inbound(f"reply {n}", sid=f"SM{n:032d}")
+    assert reply_sids(enrolled.client) == [f"SM{n:032d}" for n in (2, 1, 0)]
+
+
+def test_a_reply_marked_handled_leaves_the_list_needing_attention(
+    enrolled: BookingSystem, three_replies: list[str], staff_headers: dict[str, str]
+) -> None:
+    answer = enrolled.client.post(f"/api/replies/{three_replies[1]}/handled", headers=staff_headers)
+    assert answer.status_code == 200
+    assert answer.get_json() == {"sid": three_replies[1], "handled": True}
+    assert reply_sids(enrolled.client) == [three_replies[2], three_replies[0]]
+    assert reply_sids(enrolled.client, "?handled=true") == [three_replies[1]]
+    assert reply_sids(enrolled.client, "") == three_replies[::-1]
+    patient = get_patient(enrolled.client, staff_headers).get_json()
+    assert [r["handled"] for r in patient["replies"]] == [True, False]
+    # Marking it again changes nothing.
+    again = enrolled.client.post(f"/api/replies/{three_replies[1]}/handled", headers=staff_headers)
+    assert again.status_code == 200
+    assert reply_sids(enrolled.client, "?handled=true") == [three_replies[1]]
+
+
+def test_marking_an_unknown_reply_handled_is_404(
+    enrolled: BookingSystem, three_replies: list[str], staff_headers: dict[str, str]
+) -> None:
+    answer = enrolled.client.post("/api/replies/SM404/handled", headers=staff_headers)
+    assert answer.status_code == 404
+    assert answer.is_json
+    assert reply_sids(enrolled.client) == three_replies[::-1]
+
+
+@pytest.mark.parametrize("query", ["?handled=maybe", "?handled=", "?handled=False", "?handled=1"])
+def test_a_bad_handled_filter_is_400(enrolled: BookingSystem, query: str) -> None:
+    answer = list_replies(enrolled.client, query)
+    assert answer.status_code == 400
+    assert "handled" in answer.get_json()["error"]
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "501", "ten", "1.5", "\u0663"])
+def test_a_bad_limit_is_400(enrolled: BookingSystem, limit: str) -> None:
+    assert list_replies(enrolled.client, f"?limit={limit}").status_code == 400
+
+
+def test_the_limit_keeps_the_newest(enrolled: BookingSystem, three_replies: list[str]) -> None:
+    assert reply_sids(enrolled.client, "?handled=false&limit=2") == three_replies[:0:-1]
+
+
+# -- consent by staff ------------------------------------------------------------------------
+
+
+def set_consent(client: Any, patient_id: str = "P-1001", **request: Any) -> Any:
+    """POST /api/patients/<id>/consent; `request` is the test client's json= or data=."""
+    headers = {"Authorization": f"Bearer {STAFF_TOKEN}"}
+    return client.post(f"/api/patients/{patient_id}/consent", headers=headers, **request)
+
+
+def test_staff_can_opt_a_patient_out_and_in_again_and_it_is_logged(
+    enrolled: BookingSystem, staff_headers: dict[str, str], clock: Clock
+) -> None:
+    clock.advance(minutes=10)
+    answer = set_consent(enrolled.client, json={"opted_out": True})
+    assert answer.status_code == 200
+    assert answer.get_json() == {"id": "P-1001", "opted_out": True}
+    patient = get_patient(enrolled.client, staff_headers).get_json()
+    assert patient["opted_out"] is True
+    assert {m["status"] for m in patient["messages"]} == {"held"}
+
+    clock.now = datetime(2027, 3, 1, 19, 0, tzinfo=UTC)  # 23:00 in Dubai: every window shut
+    answer = set_consent(enrolled.client, json={"opted_out": False})
+    assert answer.get_json() == {"id": "P-1001", "opted_out": False}
+    patient = get_patient(enrolled.client, staff_headers).get_json()
+    assert patient["opted_out"] is False
+    after = next(m for m in patient["messages"] if m["step"] == "after_treatment")
+    assert (after["status"], after["send_at"]) == ("scheduled", "2027-03-02T04:00:00Z")  # 08:00
+    assert {m["status"] for m in patient["messages"]} == {"scheduled"}
+    assert patient["consent_log"] == [
+        {"at": "2027-03-01T06:00:00Z", "consented": True, "source": "booking"},
+        {"at": "2027-03-01T06:10:00Z", "consented": False, "source": "staff"},
+        {"at": "2027-03-01T19:00:00Z", "consented": True, "source": "staff"},
+    ]
+
+
+def test_staff_opting_out_twice_is_logged_once(
     enrolled: BookingSystem, staff_headers: dict[str, str]
 ) -> None:
+    assert set_consent(enrolled.client, json={"opted_out": True}).status_code == 200
+    assert set_consent(enrolled.client, json={"opted_out": True}).status_code == 200
+    log = get_patient(enrolled.client, staff_headers).get_json()["consent_log"]
+    assert [c["source"] for c in log] == ["booking", "staff"]
+
+
+def test_staff_can_lift_a_patients_own_stop(
+    enrolled: BookingSystem, staff_headers: dict[str, str], twilio: TwilioWebhooks
+) -> None:
+    twilio.inbound("STOP")
+    set_consent(enrolled.client, json={"opted_out": False})
     patient = get_patient(enrolled.client, staff_headers).get_json()
-    assert patient["replies"] == []
+    assert patient["opted_out"] is False
+    assert [(c["consented"], c["source"]) for c in patient["consent_log"]] == [
+        (True, "booking"),
+        (False, "keyword"),
+        (True, "staff"),
+    ]
+
+
+BAD_CONSENT_BODIES: dict[str, dict[str, Any]] = {
+    "empty object": {"json": {}},
+    "string": {"json": {"opted_out": "true"}},
+    "number": {"json": {"opted_out": 1}},
+    "null": {"json": {"opted_out": None}},
+    "other key": {"json": {"opted_in": True}},
+    "list": {"json": [{"opted_out": True}]},
+    "bare true": {"json": True},
+    "not json": {"data": b"opted_out=true", "content_type": "application/x-www-form-urlencoded"},
+    "malformed json": {"data": b'{"opted_out": tru', "content_type": "application/json"},
+    "no body": {"data": b""},
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_CONSENT_BODIES))
+def test_a_bad_consent_body_is_422_and_changes_nothing(
+    enrolled: BookingSystem, staff_headers: dict[str, str], bad: str
+) -> None:
+    before = get_patient(enrolled.client, staff_headers).get_json()
+    answer = set_consent(enrolled.client, **BAD_CONSENT_BODIES[bad])
+    assert answer.status_code == 422, answer.data
+    assert [e["field"] for e in answer.get_json()["errors"]] == ["opted_out"]
+    assert get_patient(enrolled.client, staff_headers).get_json() == before
+
+
+def test_consent_for_an_unknown_patient_is_404(enrolled: BookingSystem) -> None:
+    answer = set_consent(enrolled.client, "P-404", json={"opted_out": True})
+    assert answer.status_code == 404
+    assert answer.is_json
+
+
+# -- the new endpoints need a token too ---------------------------------------------------------
+
+
+NEW_ENDPOINTS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "list replies": ("GET", "/api/replies?handled=false", {}),
+    "mark handled": ("POST", "/api/replies/SM" + "1" * 32 + "/handled", {}),
+    "set consent": ("POST", "/api/patients/P-1001/consent", {"json": {"opted_out": True}}),
+}
+
+
+@pytest.mark.parametrize("endpoint", list(NEW_ENDPOINTS))
+def test_the_reply_and_consent_endpoints_refuse_a_missing_or_wrong_token(
+    enrolled: BookingSystem,
+    twilio: TwilioWebhooks,
+    staff_headers: dict[str, str],
+    endpoint: str,
+) -> None:
+    twilio.inbound("Private question", sid="SM" + "1" * 32)
+    before = get_patient(enrolled.client, staff_headers).get_json()
+    method, path, kwargs = NEW_ENDPOINTS[endpoint]
+    for name, headers in REFUSED.items():
+        answer = enrolled.client.open(path, method=method, headers=headers, **kwargs)
+        assert answer.status_code == 401, (name, answer.data)
+        assert answer.headers["WWW-Authenticate"].startswith("Bearer"), name
+        assert "Private question" not in answer.get_data(as_text=True), name
+    assert get_patient(enrolled.client, staff_headers).get_json() == before
+
+
+@pytest.mark.parametrize("endpoint", list(NEW_ENDPOINTS))
+def test_the_reply_and_consent_endpoints_answer_503_without_configured_tokens(
+    settings: Settings, engine: Any, build_app: Callable[..., Any], endpoint: str
+) -> None:
+    client = build_app(dataclasses.replace(settings, staff_api_tokens=()), engine)
+    method, path, kwargs = NEW_ENDPOINTS[endpoint]
+    answer = client.open(
+        path, method=method, headers={"Authorization": f"Bearer {STAFF_TOKEN}"}, **kwargs
+    )
+    assert answer.status_code == 503
 
 
 # -- health ------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 from flask import Blueprint, Response, request
 from sqlalchemy.exc import IntegrityError
@@ -26,16 +26,32 @@ from notifier.enrolment import (
     cancel_treatment,
     complete_treatment,
 )
-from notifier.models import BookingEvent
+from notifier.erasure import erase_patient
+from notifier.models import BookingEvent, Patient
 from notifier.privacy import mask_phone
 from webhooks import signature
-from webhooks.booking_event import Body, Cancelled, Completed, Context, FieldErrors, parse_event
+from webhooks.booking_event import (
+    Body,
+    Cancelled,
+    Completed,
+    Context,
+    Erased,
+    FieldErrors,
+    parse_event,
+)
 from webhooks.encoding import iso_utc
 
 bp = Blueprint("booking", __name__)
 log = logging.getLogger(__name__)
 
 Answer = tuple[int, dict[str, Any]]
+
+
+class Outcome(NamedTuple):
+    status: int
+    answer: dict[str, Any]
+    patient_id: str | None = None  # the booking system's ids the answer is about
+    treatment_id: str | None = None
 
 
 class _Rejected(Exception):
@@ -91,12 +107,14 @@ def _handle(data: dict[str, Any], context: Context) -> Answer:
             replay = _replay(session, envelope.id, fingerprint)
             if replay is not None:
                 return replay
-            status, answer = _apply(session, envelope.type, body, context)
+            status, answer, patient_id, treatment_id = _apply(session, envelope.type, body, context)
             if status >= 300:
                 raise _Rejected(status, answer)  # roll back anything half-done
             session.add(
                 BookingEvent(
                     id=envelope.id,
+                    patient_id=patient_id,
+                    treatment_id=treatment_id,
                     fingerprint=fingerprint,
                     status_code=status,
                     response=json.dumps(answer),
@@ -124,7 +142,8 @@ def _replay(session: Session, event_id: str, fingerprint: str) -> Answer | None:
     return 200, json.loads(stored.response)
 
 
-def _apply(session: Session, kind: str, event: Body | None, context: Context) -> Answer:
+def _apply(session: Session, kind: str, event: Body | None, context: Context) -> Outcome:
+    """Carry out one event; the answer, and which patient it names (for erasure)."""
     svc = services()
     if isinstance(event, Completed):
         plan = svc.plans[event.treatment.kind]
@@ -138,7 +157,7 @@ def _apply(session: Session, kind: str, event: Body | None, context: Context) ->
                 context.now,
             )
         except EnrolmentConflict as error:
-            return 409, {"error": str(error)}
+            return Outcome(409, {"error": str(error)})
         log.info(
             "treatment %s for %s: %s, %d scheduled",
             event.treatment.id,
@@ -148,14 +167,40 @@ def _apply(session: Session, kind: str, event: Body | None, context: Context) ->
         )
         # 201 only when a new treatment was enrolled in its plan (rows written).
         enrolled = outcome.created and bool(outcome.messages)
-        return (201 if enrolled else 200), _enrolment_answer(outcome)
+        return Outcome(
+            201 if enrolled else 200,
+            _enrolment_answer(outcome),
+            event.patient.id,
+            event.treatment.id,
+        )
     if isinstance(event, Cancelled):
-        count = cancel_treatment(session, event.treatment.id, context.now)
-        answer: dict[str, Any] = {"treatment_id": event.treatment.id, "cancelled": count or 0}
+        treatment = cancel_treatment(session, event.treatment.id, context.now)
+        if treatment is None:
+            return Outcome(
+                200,
+                {
+                    "treatment_id": event.treatment.id,
+                    "cancelled": False,
+                    "reason": "unknown treatment id; nothing to cancel",
+                },
+                treatment_id=event.treatment.id,
+            )
+        patient = session.get(Patient, treatment.patient_id)
+        return Outcome(
+            200,
+            {"treatment_id": event.treatment.id, "cancelled": True},
+            patient.external_id if patient else None,
+            event.treatment.id,
+        )
+    if isinstance(event, Erased):
+        count = erase_patient(session, event.patient.id, context.now)
         if count is None:
-            answer["reason"] = "unknown treatment id; nothing to cancel"
-        return 200, answer
-    return 501, {"error": f"event type {kind!r} is not supported by this version yet"}
+            return Outcome(
+                200, {"erased": False, "reason": "unknown patient id (or erased already)"}
+            )
+        log.info("patient erased; %d pending message(s) cancelled", count)
+        return Outcome(200, {"erased": True, "messages_cancelled": count})
+    return Outcome(501, {"error": f"event type {kind!r} is not supported by this version yet"})
 
 
 def _enrolment_answer(outcome: Enrolment) -> dict[str, Any]:

@@ -157,10 +157,19 @@ class Cancelled(_Strict):
     treatment: TreatmentRef
 
 
-Body = Completed | Cancelled
-BODIES: dict[str, type[Completed] | type[Cancelled]] = {
+class PatientRef(_Strict):
+    id: str = Id
+
+
+class Erased(_Strict):
+    patient: PatientRef
+
+
+Body = Completed | Cancelled | Erased
+BODIES: dict[str, type[Body]] = {
     "treatment.completed": Completed,
     "treatment.cancelled": Cancelled,
+    "patient.erased": Erased,
 }
 
 

@@ -15,13 +15,16 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlmodel import Session, col, select
 
+from notifier import consent
 from notifier.app import services
-from notifier.models import ConsentChange, Message, Patient
+from notifier.db import transaction
+from notifier.models import ConsentChange, Message, Patient, Reply
 from webhooks.encoding import iso_utc
 
 bp = Blueprint("staff", __name__, url_prefix="/api")
 
 View = Callable[..., ResponseReturnValue]
+MAX_LIMIT = 500
 
 
 def staff_only(view: View) -> View:
@@ -64,6 +67,11 @@ def _patient_json(session: Session, patient: Patient) -> dict[str, Any]:
         .where(Message.patient_id == patient.id)
         .order_by(col(Message.send_at), col(Message.id))
     ).all()
+    replies = session.exec(
+        select(Reply)
+        .where(Reply.patient_id == patient.id)
+        .order_by(col(Reply.received_at).desc(), col(Reply.id).desc())
+    ).all()
     changes = session.exec(
         select(ConsentChange)
         .where(ConsentChange.patient_id == patient.id)
@@ -90,7 +98,84 @@ def _patient_json(session: Session, patient: Patient) -> dict[str, Any]:
             }
             for m in messages
         ],
+        "replies": [
+            {
+                "received_at": iso_utc(r.received_at),
+                "body": r.body,
+                "sid": r.sid,
+                "handled": r.handled,
+            }
+            for r in replies
+        ],
         "consent_log": [
             {"at": iso_utc(c.at), "consented": c.consented, "source": c.source} for c in changes
         ],
     }
+
+
+@bp.get("/replies")
+@staff_only
+def replies() -> ResponseReturnValue:
+    """Replies, newest first; `?handled=false` for those still needing attention."""
+    wanted = request.args.get("handled")
+    if wanted not in (None, "true", "false"):
+        return jsonify({"error": "handled must be true or false"}), 400
+    limit = request.args.get("limit", "100")
+    if not limit.isascii() or not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
+        return jsonify({"error": f"limit must be a whole number from 1 to {MAX_LIMIT}"}), 400
+    query = (
+        select(Reply, Patient.external_id)
+        .join(Patient, col(Patient.id) == Reply.patient_id, isouter=True)
+        .order_by(col(Reply.received_at).desc(), col(Reply.id).desc())
+        .limit(int(limit))
+    )
+    if wanted is not None:
+        query = query.where(Reply.handled == (wanted == "true"))
+    with Session(services().engine) as session:
+        rows = session.exec(query).all()
+    return jsonify(
+        {
+            "replies": [
+                {
+                    "sid": r.sid,
+                    "patient_id": external_id,
+                    "from": r.from_phone,
+                    "received_at": iso_utc(r.received_at),
+                    "body": r.body,
+                    "handled": r.handled,
+                }
+                for r, external_id in rows
+            ]
+        }
+    )
+
+
+@bp.post("/replies/<sid>/handled")
+@staff_only
+def mark_handled(sid: str) -> ResponseReturnValue:
+    with transaction(services().engine) as session:
+        reply = session.exec(select(Reply).where(Reply.sid == sid)).first()
+        if reply is None:
+            return jsonify({"error": f"no reply {sid!r}"}), 404
+        reply.handled = True
+        session.add(reply)
+    return jsonify({"sid": sid, "handled": True})
+
+
+@bp.post("/patients/<patient_id>/consent")
+@staff_only
+def staff_consent(patient_id: str) -> ResponseReturnValue:
+    """Staff record a patient's wish told to the clinic: `{"opted_out": true|false}`."""
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict) or not isinstance(data.get("opted_out"), bool):
+        return jsonify(
+            {"errors": [{"field": "opted_out", "message": "must be true or false"}]}
+        ), 422
+    svc = services()
+    with transaction(svc.engine) as session:
+        patient = session.exec(select(Patient).where(Patient.external_id == patient_id)).first()
+        if patient is None:
+            return jsonify({"error": f"no patient {patient_id!r}"}), 404
+        change = consent.opt_out if data["opted_out"] else consent.opt_in
+        change(session, patient, consent.Source.STAFF, svc.clock())
+        return jsonify({"id": patient_id, "opted_out": patient.opted_out})
