@@ -20,6 +20,7 @@ from notifier import migrate
 from notifier.db import make_engine
 from notifier.plan import PlanError, load_plans
 from notifier.preview import render_preview
+from notifier.queue import queue_state
 from notifier.settings import ConfigError, Settings
 from notifier.whatsapp import load_whatsapp_templates
 from notifier.worker import WorkerLockError, build_dispatcher, run_worker, single_worker_lock
@@ -97,6 +98,20 @@ def dispatch() -> None:
         finally:
             dispatcher.close()
     click.echo(f"dispatch: {report.summary()}")
+
+
+@main.command()
+@clear_errors
+def queue() -> None:
+    """How the outbox stands; exits 1 when messages are overdue or stuck (for monitoring)."""
+    settings = Settings.from_env()
+    migrate.ensure_current(settings.database_url)
+    now = datetime.now(UTC)
+    state = queue_state(make_engine(settings.database_url), now)
+    for line in state.lines(now):
+        click.echo(line)
+    if not state.healthy:
+        sys.exit(1)
 
 
 @main.group()

@@ -70,8 +70,20 @@ def record_callback(
             message_id=message.id if message else None,
         )
     )
-    if message is None:
-        return None
+    if message is not None:
+        _apply(session, message, twilio_status, error_code, now, sms_fallback)
+    return message
+
+
+def _apply(
+    session: Session,
+    message: Message,
+    twilio_status: str,
+    error_code: int | None,
+    now: datetime,
+    sms_fallback: bool,
+) -> None:
+    """Move the message forward; WhatsApp's "cannot reach" failures go again by SMS."""
     moved = advance(message, as_status(twilio_status), error_code, now)
     if moved and sms_fallback and _unreachable_on_whatsapp(message, error_code):
         patient = session.get(Patient, message.patient_id)
@@ -79,7 +91,6 @@ def record_callback(
             reason = f"WhatsApp {message.status} with error {error_code} ({message.sid})"
             whatsapp.fall_back_to_sms(message, reason, ZoneInfo(patient.timezone), now)
     session.add(message)
-    return message
 
 
 def _unreachable_on_whatsapp(message: Message, error_code: int | None) -> bool:
@@ -90,7 +101,7 @@ def _unreachable_on_whatsapp(message: Message, error_code: int | None) -> bool:
     )
 
 
-def match_early_callbacks(session: Session, now: datetime) -> int:
+def match_early_callbacks(session: Session, now: datetime, *, sms_fallback: bool = True) -> int:
     """Apply callbacks that came before their message's SID was stored (Twilio can be
     faster than our commit). Only the last day is looked at: older unmatched ones are
     for messages this service did not send."""
@@ -105,8 +116,8 @@ def match_early_callbacks(session: Session, now: datetime) -> int:
     ).all()
     for callback, message in rows:
         callback.message_id = message.id
-        advance(message, as_status(callback.status), callback.error_code, now)
-        session.add_all([callback, message])
+        session.add(callback)
+        _apply(session, message, callback.status, callback.error_code, now, sms_fallback)
     return len(rows)
 
 

@@ -32,6 +32,7 @@ from notifier.sending import (
     Ambiguous,
     Outgoing,
     PermanentFailure,
+    RateLimited,
     RecipientOptedOut,
     RetryLater,
     Sender,
@@ -42,7 +43,6 @@ from notifier.whatsapp import Templates
 
 log = logging.getLogger(__name__)
 
-RETRY_BASE = timedelta(seconds=30)
 RETRY_CAP = timedelta(hours=1)
 # Twilio's clock and ours differ a little; look a bit before the claim when reconciling.
 RECONCILE_SKEW = timedelta(minutes=2)
@@ -62,15 +62,19 @@ class PassReport:
     held: int = 0
     cancelled: int = 0
     unresolved: int = 0  # ambiguous, to be reconciled when its lease runs out
+    rate_limited: int = 0  # of the retries, those Twilio refused with 429 / 20429
+    throttled: bool = False  # no claims this pass: Twilio asked us to slow down
 
     def summary(self) -> str:
         parts = [f"{f.name} {getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name)]
         return ", ".join(parts) if parts else "nothing due"
 
 
-def retry_delay(attempts: int, rng: random.Random) -> timedelta:
+def retry_delay(
+    attempts: int, rng: random.Random, base: timedelta = timedelta(seconds=30)
+) -> timedelta:
     """Exponential backoff with equal jitter: 30 s, 1 min, 2 min, ... capped at 1 h."""
-    delay: timedelta = min(RETRY_CAP, RETRY_BASE * 2 ** max(attempts - 1, 0))
+    delay: timedelta = min(RETRY_CAP, base * 2 ** max(attempts - 1, 0))
     half: timedelta = delay / 2
     return half + half * rng.random()
 
@@ -102,6 +106,10 @@ class Dispatcher:
         self.clinic = Clinic(settings.clinic_name, settings.clinic_phone)
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self.lease = timedelta(seconds=settings.lease_seconds)
+        self.retry_base = timedelta(seconds=settings.retry_base_seconds)
+        # After Twilio said "too many requests", no new claims until then.
+        self.throttled_until: datetime | None = None
+        self.throttle_streak = 0
         self.pool = ThreadPoolExecutor(settings.dispatch_concurrency, thread_name_prefix="send")
 
     def close(self) -> None:
@@ -111,13 +119,19 @@ class Dispatcher:
         report = PassReport()
         self._expire(now, report)
         self._recover(now, report)
+        if self.throttled_until is not None and now < self.throttled_until:
+            report.throttled = True
+            return report
         batch = self._claim(now)
         report.claimed = len(batch)
         if batch:
             refused = self._send(batch, now, report)
             self._opt_out(refused, now)
+            self._throttle(report, now)
         with transaction(self.engine) as session:
-            delivery.match_early_callbacks(session, now)
+            delivery.match_early_callbacks(
+                session, now, sms_fallback=self.settings.whatsapp_sms_fallback
+            )
         return report
 
     # -- the steps of a pass -------------------------------------------------
@@ -279,6 +293,7 @@ class Dispatcher:
         an approved template outside it; else SMS instead (or failed, if not allowed)."""
         message, patient = item.message, item.patient
         assert patient.phone is not None
+        message.content_sid = None  # set again below if this send is a template
         plain = Outgoing(
             to=patient.phone,
             channel="sms",
@@ -287,18 +302,49 @@ class Dispatcher:
         )
         if message.channel != "whatsapp":
             return plain
+        twilio = self.settings.twilio
+        if twilio is not None and twilio.whatsapp_from is None:
+            return self._instead_of_whatsapp(
+                session,
+                item,
+                plain,
+                "no WhatsApp sender configured (TWILIO_WHATSAPP_FROM)",
+                now,
+                report,
+            )
         if whatsapp.in_window(patient.whatsapp_inbound_at, now):
             return replace(plain, channel="whatsapp")
         template = self.templates.find(item.treatment.kind, message.step, message.language)
-        if template is not None:
+        plan = self.plans.get(item.treatment.kind)
+        if template is not None and plan is not None:
             message.content_sid = template.content_sid
+            values = plan.fill(message.language, placeholders(patient, self.clinic))
             return replace(
                 plain,
                 channel="whatsapp",
                 content_sid=template.content_sid,
-                content_variables=template.content_variables(placeholders(patient, self.clinic)),
+                content_variables=template.content_variables(values),
             )
-        reason = "no approved WhatsApp template for this step outside the 24-hour window"
+        return self._instead_of_whatsapp(
+            session,
+            item,
+            plain,
+            "no approved WhatsApp template for this step outside the 24-hour window",
+            now,
+            report,
+        )
+
+    def _instead_of_whatsapp(
+        self,
+        session: Session,
+        item: _Claimed,
+        plain: Outgoing,
+        reason: str,
+        now: datetime,
+        report: PassReport,
+    ) -> Outgoing | None:
+        """WhatsApp cannot carry this message: SMS instead, or failed if not allowed."""
+        message = item.message
         if not self.settings.whatsapp_sms_fallback:
             message.error_message = reason
             self._finish(session, item, Status.FAILED, now)
@@ -344,6 +390,7 @@ class Dispatcher:
             if not self._fall_back(item, error, now, report):
                 self._fail(session, item, error, now, report)
         except RetryLater as error:
+            report.rate_limited += isinstance(error, RateLimited)
             self._retry(session, item, error, now, report)
         except Exception as error:  # Ambiguous, or a sender bug: it may have gone out
             level = logging.WARNING if isinstance(error, Ambiguous) else logging.ERROR
@@ -356,7 +403,7 @@ class Dispatcher:
                 exc_info=not isinstance(error, SendError),
             )
             message.error_message = str(error)[:255]
-            message.lease_until = now + retry_delay(message.attempts, self.rng)
+            message.lease_until = now + self._backoff(message.attempts)
             report.unresolved += 1
         else:
             message.sid = accepted.sid
@@ -381,6 +428,21 @@ class Dispatcher:
         message.lease_until = None
         report.retrying += 1
         return True
+
+    def _throttle(self, report: PassReport, now: datetime) -> None:
+        """Twilio rate-limited this batch: pause claiming, longer each time it repeats,
+        rather than hammering it with the next batch."""
+        if report.rate_limited:
+            self.throttle_streak += 1
+            self.throttled_until = now + self._backoff(self.throttle_streak)
+            log.warning(
+                "Twilio is rate-limiting: no new sends until %s", self.throttled_until.isoformat()
+            )
+        else:
+            self.throttle_streak, self.throttled_until = 0, None
+
+    def _backoff(self, attempts: int) -> timedelta:
+        return retry_delay(attempts, self.rng, self.retry_base)
 
     def _opt_out(self, refused: list[_Claimed], now: datetime) -> None:
         """Twilio says these patients opted out (21610): hold the rest of their messages.
@@ -415,7 +477,7 @@ class Dispatcher:
             self._fail(session, item, error, now, report)
             return
         send_at = into_window(
-            now + retry_delay(message.attempts, self.rng),
+            now + self._backoff(message.attempts),
             consent.message_window(message),
             ZoneInfo(item.patient.timezone),
         )

@@ -19,7 +19,7 @@ from sqlmodel import Session, col, select
 
 from notifier.consent import set_booking_consent
 from notifier.models import Message, Patient, Status, Treatment, TreatmentStatus
-from notifier.outbox import Clinic, cancel_pending, schedule_treatment
+from notifier.outbox import Clinic, cancel_pending, refresh_pending, schedule_treatment
 from notifier.plan import Plan
 
 
@@ -95,6 +95,60 @@ def complete_treatment(
     if patient.opted_out and not outcome.reason:
         outcome.reason = "the patient has opted out (STOP); messages are held"
     return outcome
+
+
+@dataclass(frozen=True)
+class PatientChanges:
+    """What a `patient.updated` event changes; None leaves a field as it is."""
+
+    first_name: str | None = None
+    phone: str | None = None
+    channel: str | None = None
+    language: str | None = None
+    timezone: str | None = None
+    consent: bool | None = None
+
+
+def update_patient(
+    session: Session,
+    plans: dict[str, Plan],
+    external_id: str,
+    changes: PatientChanges,
+    clinic: Clinic,
+    now: datetime,
+) -> int | None:
+    """Apply `patient.updated`: every pending message follows the new details.
+    Returns how many messages were re-timed and re-rendered; None for an unknown patient."""
+    patient = session.exec(select(Patient).where(Patient.external_id == external_id)).first()
+    if patient is None:
+        return None
+    if changes.phone is not None and changes.phone != patient.phone:
+        patient.whatsapp_inbound_at = None  # the window belonged to the old number
+    changed = False
+    for name in ("first_name", "phone", "channel", "language", "timezone"):
+        value = getattr(changes, name)
+        if value is not None and value != getattr(patient, name):
+            setattr(patient, name, value)
+            changed = True
+    patient.updated_at = now
+    session.add(patient)
+    session.flush()
+    if changes.consent is not None:
+        set_booking_consent(session, patient, changes.consent, now)
+    treatments = session.exec(
+        select(Treatment).where(
+            Treatment.patient_id == patient.id, Treatment.status == TreatmentStatus.ACTIVE
+        )
+    ).all()
+    count = 0
+    for treatment in (t for t in treatments if t.kind in plans):
+        plan = plans[treatment.kind]
+        if patient.consented and not _has_live_messages(session, treatment):
+            # Consent given now for a treatment enrolled without it: its plan starts.
+            count += len(schedule_treatment(session, plan, patient, treatment, clinic, now))
+        elif changed:
+            count += refresh_pending(session, plan, patient, treatment, clinic, now)
+    return count
 
 
 def cancel_treatment(session: Session, external_id: str, now: datetime) -> Treatment | None:

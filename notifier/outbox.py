@@ -77,6 +77,50 @@ def schedule_next_yearly(
     return row
 
 
+def refresh_pending(
+    session: Session,
+    plan: Plan,
+    patient: Patient,
+    treatment: Treatment,
+    clinic: Clinic,
+    now: datetime,
+) -> int:
+    """Re-time the treatment's pending messages in the patient's (new) timezone and
+    re-render them in their (new) language and channel. Returns how many."""
+    tz = ZoneInfo(patient.timezone)
+    pending = session.exec(
+        select(Message).where(
+            Message.treatment_id == treatment.id, col(Message.status).in_(PENDING)
+        )
+    ).all()
+    for message in pending:
+        step = plan.step(message.step)
+        item = None
+        if step is not None:
+            item = next_occurrence(
+                step, treatment.performed_at, tz, after=message.occurrence - 1, now=now
+            )
+        if item is None:
+            continue  # the step left the plan since: the message stays as it was
+        fresh = _row(plan, patient, treatment, item, clinic, now)
+        for name in (
+            "send_at",
+            "expires_at",
+            "window_start",
+            "window_end",
+            "channel",
+            "language",
+            "body",
+        ):
+            setattr(message, name, getattr(fresh, name))
+        message.content_sid = message.fallback_reason = None
+        message.updated_at = now
+        if item.expired:
+            message.status = Status.EXPIRED
+        session.add(message)
+    return len(pending)
+
+
 def cancel_pending(session: Session, treatment: Treatment, now: datetime) -> int:
     """Every message of the treatment not yet sent is cancelled; returns how many."""
     result = session.exec(

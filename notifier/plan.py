@@ -107,10 +107,14 @@ class Plan:
     def render(self, step: Step, language: str, values: dict[str, str]) -> str:
         """The step's text in `language` (or the default), placeholders filled."""
         lang = self.language_for(language)
+        return step.text[lang].format_map(self.fill(lang, values))
+
+    def fill(self, language: str, values: dict[str, str]) -> dict[str, str]:
+        """Placeholder values, a missing first name replaced by the plan's word for it."""
         fields = dict(values)
         if not fields.get("first_name"):
-            fields["first_name"] = self.default_name.get(lang, "")
-        return step.text[lang].format_map(fields)
+            fields["first_name"] = self.default_name.get(self.language_for(language), "")
+        return fields
 
 
 def load_plans(directory: Path) -> dict[str, Plan]:

@@ -59,6 +59,10 @@ class RetryLater(SendError):
     """Nothing was sent; try again after a pause (rate limit, connection refused)."""
 
 
+class RateLimited(RetryLater):
+    """Too many requests (Twilio 429 / 20429): this one and the whole worker slow down."""
+
+
 class Ambiguous(SendError):
     """The carrier may or may not have sent it (5xx, read timeout): reconcile first."""
 

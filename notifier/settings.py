@@ -66,6 +66,7 @@ class Settings:
     dispatch_concurrency: int = 8
     lease_seconds: int = 300
     max_attempts: int = 8
+    retry_base_seconds: float = 30.0
     plans_dir: Path = PLANS_DIR
     whatsapp_templates_file: Path = TEMPLATES_FILE
     whatsapp_templates_required: bool = False  # named explicitly: it must exist
@@ -88,7 +89,8 @@ class Settings:
             dispatch_interval_seconds=env.number("DISPATCH_INTERVAL_SECONDS", 10.0, 0.1, 3600),
             dispatch_batch_size=int(env.number("DISPATCH_BATCH_SIZE", 200, 1, 10_000)),
             dispatch_concurrency=int(env.number("DISPATCH_CONCURRENCY", 8, 1, 256)),
-            lease_seconds=int(env.number("DISPATCH_LEASE_SECONDS", 300, 30, 300)),
+            lease_seconds=int(env.number("DISPATCH_LEASE_SECONDS", 300, 5, 300)),
+            retry_base_seconds=env.number("DISPATCH_RETRY_BASE_SECONDS", 30.0, 1, 600),
             max_attempts=int(env.number("DISPATCH_MAX_ATTEMPTS", 8, 1, 50)),
             plans_dir=Path(env.get("AFTERCARE_PLANS_DIR") or PLANS_DIR),
             whatsapp_templates_file=Path(env.get("WHATSAPP_TEMPLATES_FILE") or TEMPLATES_FILE),

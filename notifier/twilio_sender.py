@@ -32,6 +32,7 @@ from notifier.sending import (
     Channel,
     Outgoing,
     PermanentFailure,
+    RateLimited,
     RecipientOptedOut,
     RetryLater,
     SendError,
@@ -179,7 +180,7 @@ def _http_error(status: int, code: int | None, detail: str) -> SendError:
     if code == OPTED_OUT:
         return RecipientOptedOut(message, code=code)
     if status == 429 or code == TOO_MANY_REQUESTS:
-        return RetryLater(message, code=code)
+        return RateLimited(message, code=code)
     if status >= 500:
         return Ambiguous(message, code=code)
     if status == 401:

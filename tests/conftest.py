@@ -105,8 +105,8 @@ def database_url(request: pytest.FixtureRequest) -> str:
     return url
 
 
-@pytest.fixture
-def settings(database_url: str) -> Settings:
+def make_settings(database_url: str) -> Settings:
+    """The tests' settings (Twilio configured, a loopback API that refuses) for a database."""
     return Settings(
         database_url=database_url,
         twilio=TwilioSettings(
@@ -114,7 +114,7 @@ def settings(database_url: str) -> Settings:
             auth_token=TWILIO_TOKEN,
             sms_from="+14155550100",
             messaging_service_sid=None,
-            whatsapp_from=None,
+            whatsapp_from="+14155550111",
             api_base_url="http://127.0.0.1:9",
             timeout_seconds=1.0,
         ),
@@ -123,6 +123,11 @@ def settings(database_url: str) -> Settings:
         clinic_name="Skin Clinic",
         clinic_phone="+971 4 000 0000",
     )
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return make_settings(database_url)
 
 
 @pytest.fixture

@@ -828,26 +828,22 @@ def test_a_treatment_id_of_another_patient_is_409_and_changes_nothing(
 # -- patient events ------------------------------------------------------------------------------
 
 
-def test_patient_updated_answers_501_and_is_not_recorded(
-    booking: BookingSystem, engine: Any
-) -> None:
+def test_patient_updated_is_recorded_and_replayed(booking: BookingSystem, engine: Any) -> None:
     booking.post(completed_event())
-    before = patient_json(booking.client)
     event = {
         "id": "evt_0002",
         "type": "patient.updated",
         "patient": {"id": "P-1001", "phone": "+971509999999"},
     }
     answer = booking.post(event)
-    assert answer.status_code == 501
-    assert "error" in answer.get_json()
-    assert stored_events(engine) == ["evt_0001"]
-    assert patient_json(booking.client) == before
-    # Once the feature lands, the booking system's retry must be processed, not replayed:
-    # the same id (even with a different body) is still unknown.
-    assert booking.post(event).status_code == 501
+    assert answer.status_code == 200
+    assert answer.get_json()["updated"] is True
+    assert stored_events(engine) == ["evt_0001", "evt_0002"]
+    assert patient_json(booking.client)["phone"] == "+971509999999"
+    again = booking.post(event)
+    assert (again.status_code, again.get_json()) == (200, answer.get_json())
     event["patient"]["phone"] = "+971508888888"
-    assert booking.post(event).status_code == 501
+    assert booking.post(event).status_code == 409
 
 
 def test_patient_erased_is_supported_and_recorded(booking: BookingSystem, engine: Any) -> None:

@@ -325,3 +325,33 @@ def test_gunicorn_stops_on_bad_configuration_with_one_clear_line(tmp_path: Path)
     assert result.returncode != 0
     assert "aftercare cannot start: CLINIC_TIMEZONE: 'Mars/Olympus'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_queue_reports_overdue_and_stuck_messages_and_exits_1(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'queue.sqlite3'}"
+    migrate.upgrade(url)
+    env = {"DATABASE_URL": url}
+    empty = aftercare("queue", env=env)
+    assert empty.returncode == 0, empty.stderr
+    assert "messages: empty" in empty.stdout
+
+    now = datetime.now(UTC)
+    app = create_app(Settings(database_url=url, booking_webhook_secret=SECRET), clock=lambda: now)
+    from tests.conftest import BookingSystem, Clock
+
+    booking = BookingSystem(app.test_client(), Clock(now))
+    assert booking.post(completed_event(performed_at=now - timedelta(hours=3))).status_code
+    engine = make_engine(url)
+    with Session(engine) as session:
+        rows = session.exec(select(Message)).all()
+        overdue, stuck = rows[0], rows[1]
+        overdue.status, overdue.send_at = Status.SCHEDULED, now - timedelta(minutes=10)
+        stuck.status, stuck.lease_until = Status.SENDING, now - timedelta(minutes=1)
+        session.add_all([overdue, stuck])
+        session.commit()
+    engine.dispose()
+
+    report = aftercare("queue", env=env)
+    assert report.returncode == 1
+    assert "overdue (due > 1 min ago, not claimed): 1; oldest due 6" in report.stdout
+    assert "stuck (claimed, lease run out): 1" in report.stdout

@@ -279,3 +279,24 @@ def test_a_pass_with_nothing_due_does_nothing(dispatcher, sender) -> None:
     report = dispatcher.run_pass(datetime(2027, 1, 1, tzinfo=UTC))
     assert report.summary() == "nothing due"
     assert sender.sent == []
+
+
+@pytest.mark.usefixtures("enrolled")
+def test_a_rate_limit_pauses_new_claims_instead_of_hammering(engine, dispatcher, sender) -> None:
+    from notifier.sending import RateLimited
+
+    due = by_step(engine, "after_treatment").send_at
+    sender.fail_next(RateLimited("429 Too Many Requests", code=20429))
+    first = dispatcher.run_pass(due)
+    assert (first.rate_limited, first.retrying) == (1, 1)
+    paused_until = dispatcher.throttled_until
+    assert paused_until is not None
+    assert timedelta(seconds=15) <= paused_until - due <= timedelta(seconds=30)
+    # Another message falls due while paused: it waits, nothing is claimed.
+    later = datetime(2027, 3, 2, 10, 0, tzinfo=DUBAI)
+    dispatcher.throttled_until = later + timedelta(seconds=20)
+    paused = dispatcher.run_pass(later)
+    assert (paused.throttled, paused.claimed) == (True, 0)
+    resumed = dispatcher.run_pass(later + timedelta(seconds=20))
+    assert resumed.sent == 2  # the retried one and sunscreen #1
+    assert dispatcher.throttled_until is None

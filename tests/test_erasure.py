@@ -42,11 +42,6 @@ STAFF = {"Authorization": f"Bearer {STAFF_TOKEN}"}
 IDENTIFIERS = ["+971501234567", "971501234567", "0501234567", "501234567", "Omar"]
 BOOKING_IDS = ["P-1001", "T-555", "T-556"]
 PHONE_LIKE = re.compile(r"\d[\d\s\-().]{5,}\d")
-TREATMENT_ID_LEAK = (
-    "BUG: notifier/erasure.py:49-53 blanks the answers of the patient's booking events but "
-    "leaves the new bookingevent.treatment_id column (notifier/models.py:113, filled by "
-    "webhooks/booking.py:117) holding T-555 / T-556 after erasure"
-)
 
 
 def erase_event(event_id: str = "evt_x", patient_id: str = "P-1001") -> dict[str, Any]:

@@ -19,6 +19,7 @@ from notifier.sending import (
     Ambiguous,
     Outgoing,
     PermanentFailure,
+    RateLimited,
     RecipientOptedOut,
     RetryLater,
     SendError,
@@ -257,8 +258,8 @@ def test_fake_rejects_wrong_credentials(fake):
 @pytest.mark.parametrize(
     ("step", "kind", "code"),
     [
-        ("429", RetryLater, 20429),
-        (("error", 400, 20429), RetryLater, 20429),
+        ("429", RateLimited, 20429),
+        (("error", 400, 20429), RateLimited, 20429),
         ("500", Ambiguous, 20500),
         ("timeout", Ambiguous, None),
         ("reset", Ambiguous, None),
@@ -383,7 +384,7 @@ def test_find_sent_reads_past_the_first_page(fake, sender):
 
 @pytest.mark.parametrize(
     ("step", "kind"),
-    [("429", RetryLater), ("500", Ambiguous), ("timeout", Ambiguous), ("reset", Ambiguous)],
+    [("429", RateLimited), ("500", Ambiguous), ("timeout", Ambiguous), ("reset", Ambiguous)],
 )
 def test_find_sent_failures_become_the_same_kinds(fake, sender, step, kind):
     # A failed list page surfaces from the SDK as a bare TwilioException, not a REST error.

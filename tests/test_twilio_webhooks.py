@@ -29,18 +29,17 @@ from notifier.keywords import Intent, intent
 from notifier.models import ConsentChange, Message, Reply, StatusCallback
 from notifier.plan import load_plans
 from notifier.sending import RecipientOptedOut
-from notifier.settings import Settings, TwilioSettings
+from notifier.settings import Settings
 from tests.conftest import (
-    SECRET,
     STAFF_TOKEN,
     START,
     TWILIO_SID,
-    TWILIO_TOKEN,
     BookingSystem,
     Clock,
     RecordingSender,
     TwilioWebhooks,
     completed_event,
+    make_settings,
 )
 
 DUBAI = ZoneInfo("Asia/Dubai")
@@ -163,26 +162,6 @@ def build_app(clock: Clock) -> Iterator[Callable[..., Any]]:
     yield build
     for engine in engines:
         engine.dispose()
-
-
-def own_settings(database_url: str) -> Settings:
-    """The conftest's settings (Twilio configured) for a database of the test's choosing."""
-    return Settings(
-        database_url=database_url,
-        twilio=TwilioSettings(
-            account_sid=TWILIO_SID,
-            auth_token=TWILIO_TOKEN,
-            sms_from="+14155550100",
-            messaging_service_sid=None,
-            whatsapp_from=None,
-            api_base_url="http://127.0.0.1:9",
-            timeout_seconds=1.0,
-        ),
-        booking_webhook_secret=SECRET,
-        staff_api_tokens=(STAFF_TOKEN,),
-        clinic_name="Skin Clinic",
-        clinic_phone="+971 4 000 0000",
-    )
 
 
 # -- the signature ---------------------------------------------------------------------------
@@ -870,7 +849,7 @@ def test_an_error_code_that_is_no_database_integer_is_not_a_server_error(
 def test_an_error_code_beyond_32_bits_is_not_a_server_error_on_postgresql(
     postgres_url: str, build_app: Callable[..., Any]
 ) -> None:
-    client = build_app(own_settings(postgres_url))
+    client = build_app(make_settings(postgres_url))
     form = {
         "MessageSid": "SM" + "1" * 32,
         "MessageStatus": "undelivered",
@@ -896,7 +875,7 @@ def test_an_error_code_beyond_32_bits_is_not_a_server_error_on_postgresql(
 def test_a_nul_character_is_not_a_server_error_on_postgresql(
     postgres_url: str, build_app: Callable[..., Any], path: str, field: str
 ) -> None:
-    client = build_app(own_settings(postgres_url))
+    client = build_app(make_settings(postgres_url))
     form = {
         "MessageSid": "SM" + "1" * 32,
         "From": PHONE,
@@ -959,7 +938,7 @@ FUZZ = hypothesis_settings(
 def sqlite_twilio(sqlite_url: str, clock: Clock, build_app: Callable[..., Any]) -> TwilioWebhooks:
     """Twilio posting to an app on SQLite only, with one enrolled patient: for the
     property tests, which post many requests."""
-    client = build_app(own_settings(sqlite_url))
+    client = build_app(make_settings(sqlite_url))
     assert BookingSystem(client, clock).post(completed_event()).status_code == 201
     return TwilioWebhooks(client)
 
@@ -1012,7 +991,7 @@ def sqlite_sent(
     sqlite_url: str, clock: Clock, build_app: Callable[..., Any]
 ) -> tuple[TwilioWebhooks, Any, str]:
     """On SQLite: an enrolled patient whose after-treatment message the dispatcher sent."""
-    settings = own_settings(sqlite_url)
+    settings = make_settings(sqlite_url)
     engine = make_engine(sqlite_url)
     client = build_app(settings, engine)
     assert BookingSystem(client, clock).post(completed_event()).status_code == 201

@@ -25,6 +25,7 @@ from notifier.enrolment import (
     EnrolmentConflict,
     cancel_treatment,
     complete_treatment,
+    update_patient,
 )
 from notifier.erasure import erase_patient
 from notifier.models import BookingEvent, Patient
@@ -37,6 +38,7 @@ from webhooks.booking_event import (
     Context,
     Erased,
     FieldErrors,
+    Updated,
     parse_event,
 )
 from webhooks.encoding import iso_utc
@@ -200,7 +202,22 @@ def _apply(session: Session, kind: str, event: Body | None, context: Context) ->
             )
         log.info("patient erased; %d pending message(s) cancelled", count)
         return Outcome(200, {"erased": True, "messages_cancelled": count})
-    return Outcome(501, {"error": f"event type {kind!r} is not supported by this version yet"})
+    if isinstance(event, Updated):
+        count = update_patient(
+            session, svc.plans, event.patient.id, event.patient.changes(), svc.clinic, context.now
+        )
+        if count is None:
+            return Outcome(
+                200,
+                {"patient_id": event.patient.id, "updated": False, "reason": "unknown patient id"},
+                event.patient.id,
+            )
+        return Outcome(
+            200,
+            {"patient_id": event.patient.id, "updated": True, "messages_updated": count},
+            event.patient.id,
+        )
+    return Outcome(501, {"error": f"event type {kind!r} is not supported"})
 
 
 def _enrolment_answer(outcome: Enrolment) -> dict[str, Any]:

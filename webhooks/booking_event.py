@@ -9,13 +9,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, ValidationInfo
 from pydantic import field_validator as validates
 
-from notifier.enrolment import PatientDetails, TreatmentDetails
+from notifier.enrolment import PatientChanges, PatientDetails, TreatmentDetails
 from notifier.settings import is_timezone
 
 EVENT_TYPES = ("treatment.completed", "treatment.cancelled", "patient.updated", "patient.erased")
@@ -62,7 +62,37 @@ class Envelope(_Strict):
     type: Literal["treatment.completed", "treatment.cancelled", "patient.updated", "patient.erased"]
 
 
-class PatientIn(_Strict):
+class _PatientChecks(_Strict):
+    """The checks of a patient's fields, shared by enrolment and `patient.updated`."""
+
+    fills_timezone: ClassVar[bool] = False  # an absent timezone becomes the clinic's
+
+    @validates("phone", check_fields=False)
+    @classmethod
+    def _phone(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else parse_phone(value, _context(info).default_region)
+
+    @validates("language", check_fields=False)
+    @classmethod
+    def _language(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        match = _LANGUAGE.match(value)
+        if match is None:
+            raise ValueError("expected a language tag such as 'en' or 'ar'")
+        return match.group(1).lower()
+
+    @validates("timezone", check_fields=False)
+    @classmethod
+    def _timezone(cls, value: str | None, info: ValidationInfo) -> str | None:
+        name = value or (_context(info).default_timezone if cls.fills_timezone else None)
+        if name is not None and not is_timezone(name):
+            raise ValueError(f"{name!r} is not an IANA timezone name such as 'Asia/Dubai'")
+        return name
+
+
+class PatientIn(_PatientChecks):
+    fills_timezone: ClassVar[bool] = True
     id: str = Id
     first_name: str | None = Field(default=None, max_length=100, strict=True)
     phone: str = Field(strict=True, max_length=40)
@@ -70,27 +100,6 @@ class PatientIn(_Strict):
     language: str = Field(default="en", strict=True, max_length=35)
     timezone: str | None = Field(default=None, strict=True, max_length=64, validate_default=True)
     consent: StrictBool
-
-    @validates("phone")
-    @classmethod
-    def _phone(cls, value: str, info: ValidationInfo) -> str:
-        return parse_phone(value, _context(info).default_region)
-
-    @validates("language")
-    @classmethod
-    def _language(cls, value: str) -> str:
-        match = _LANGUAGE.match(value)
-        if match is None:
-            raise ValueError("expected a language tag such as 'en' or 'ar'")
-        return match.group(1).lower()
-
-    @validates("timezone")
-    @classmethod
-    def _timezone(cls, value: str | None, info: ValidationInfo) -> str:
-        name = value or _context(info).default_timezone
-        if not is_timezone(name):
-            raise ValueError(f"{name!r} is not an IANA timezone name such as 'Asia/Dubai'")
-        return name
 
     def details(self) -> PatientDetails:
         assert self.timezone is not None
@@ -161,14 +170,41 @@ class PatientRef(_Strict):
     id: str = Id
 
 
+class PatientUpdateIn(_PatientChecks):
+    """`patient.updated`: the id, and only the fields that change."""
+
+    id: str = Id
+    first_name: str | None = Field(default=None, max_length=100, strict=True)
+    phone: str | None = Field(default=None, strict=True, max_length=40)
+    channel: Literal["sms", "whatsapp"] | None = None
+    language: str | None = Field(default=None, strict=True, max_length=35)
+    timezone: str | None = Field(default=None, strict=True, max_length=64)
+    consent: StrictBool | None = None
+
+    def changes(self) -> PatientChanges:
+        return PatientChanges(
+            first_name=self.first_name or None,
+            phone=self.phone,
+            channel=self.channel,
+            language=self.language,
+            timezone=self.timezone,
+            consent=self.consent,
+        )
+
+
+class Updated(_Strict):
+    patient: PatientUpdateIn
+
+
 class Erased(_Strict):
     patient: PatientRef
 
 
-Body = Completed | Cancelled | Erased
+Body = Completed | Cancelled | Erased | Updated
 BODIES: dict[str, type[Body]] = {
     "treatment.completed": Completed,
     "treatment.cancelled": Cancelled,
+    "patient.updated": Updated,
     "patient.erased": Erased,
 }
 
