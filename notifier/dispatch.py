@@ -13,7 +13,7 @@ import logging
 import random
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -23,9 +23,10 @@ from sqlmodel import Session, col, select, update
 from notifier import consent, delivery, whatsapp
 from notifier.db import transaction
 from notifier.models import Message, Patient, Status, Treatment, TreatmentStatus
-from notifier.outbox import Clinic, placeholders, schedule_next_yearly
+from notifier.outbox import Clinic, schedule_next_yearly
 from notifier.plan import Plan
 from notifier.privacy import mask_phone
+from notifier.routing import Router
 from notifier.schedule import into_window
 from notifier.sending import (
     Accepted,
@@ -44,6 +45,10 @@ from notifier.whatsapp import Templates
 log = logging.getLogger(__name__)
 
 RETRY_CAP = timedelta(hours=1)
+# A rate-limited worker halves its next claim and pauses 0.5-1 s, doubling while the
+# 429s go on, at most THROTTLE_CAP; clean batches grow the claim back step by step.
+THROTTLE_BASE = timedelta(seconds=1)
+THROTTLE_CAP = timedelta(seconds=10)
 # Twilio's clock and ours differ a little; look a bit before the claim when reconciling.
 RECONCILE_SKEW = timedelta(minutes=2)
 
@@ -71,10 +76,13 @@ class PassReport:
 
 
 def retry_delay(
-    attempts: int, rng: random.Random, base: timedelta = timedelta(seconds=30)
+    attempts: int,
+    rng: random.Random,
+    base: timedelta = timedelta(seconds=30),
+    cap: timedelta = RETRY_CAP,
 ) -> timedelta:
     """Exponential backoff with equal jitter: 30 s, 1 min, 2 min, ... capped at 1 h."""
-    delay: timedelta = min(RETRY_CAP, base * 2 ** max(attempts - 1, 0))
+    delay: timedelta = min(cap, base * 2 ** max(attempts - 1, 0))
     half: timedelta = delay / 2
     return half + half * rng.random()
 
@@ -102,14 +110,22 @@ class Dispatcher:
         self.sender = sender
         self.plans = plans
         self.settings = settings
-        self.templates = templates or Templates({})
         self.clinic = Clinic(settings.clinic_name, settings.clinic_phone)
+        callback = f"{settings.public_base_url}/webhooks/twilio/status"
+        self.router = Router(
+            plans,
+            templates or Templates({}),
+            settings.twilio,
+            self.clinic,
+            callback if settings.public_base_url else None,
+        )
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self.lease = timedelta(seconds=settings.lease_seconds)
         self.retry_base = timedelta(seconds=settings.retry_base_seconds)
         # After Twilio said "too many requests", no new claims until then.
         self.throttled_until: datetime | None = None
         self.throttle_streak = 0
+        self.claim_limit = settings.dispatch_batch_size
         self.pool = ThreadPoolExecutor(settings.dispatch_concurrency, thread_name_prefix="send")
 
     def close(self) -> None:
@@ -207,7 +223,7 @@ class Dispatcher:
                     col(Message.send_at) <= now,
                 ),
                 lock=True,
-                limit=self.settings.dispatch_batch_size,
+                limit=self.claim_limit,
             )
             for item in batch:
                 message = item.message
@@ -289,69 +305,19 @@ class Dispatcher:
     def _route(
         self, session: Session, item: _Claimed, now: datetime, report: PassReport
     ) -> Outgoing | None:
-        """How the message goes: SMS; WhatsApp free text inside the 24-hour window;
-        an approved template outside it; else SMS instead (or failed, if not allowed)."""
-        message, patient = item.message, item.patient
-        assert patient.phone is not None
-        message.content_sid = None  # set again below if this send is a template
-        plain = Outgoing(
-            to=patient.phone,
-            channel="sms",
-            body=message.body or "",
-            status_callback=self._status_callback(),
-        )
-        if message.channel != "whatsapp":
-            return plain
-        twilio = self.settings.twilio
-        if twilio is not None and twilio.whatsapp_from is None:
-            return self._instead_of_whatsapp(
-                session,
-                item,
-                plain,
-                "no WhatsApp sender configured (TWILIO_WHATSAPP_FROM)",
-                now,
-                report,
-            )
-        if whatsapp.in_window(patient.whatsapp_inbound_at, now):
-            return replace(plain, channel="whatsapp")
-        template = self.templates.find(item.treatment.kind, message.step, message.language)
-        plan = self.plans.get(item.treatment.kind)
-        if template is not None and plan is not None:
-            message.content_sid = template.content_sid
-            values = plan.fill(message.language, placeholders(patient, self.clinic))
-            return replace(
-                plain,
-                channel="whatsapp",
-                content_sid=template.content_sid,
-                content_variables=template.content_variables(values),
-            )
-        return self._instead_of_whatsapp(
-            session,
-            item,
-            plain,
-            "no approved WhatsApp template for this step outside the 24-hour window",
-            now,
-            report,
-        )
-
-    def _instead_of_whatsapp(
-        self,
-        session: Session,
-        item: _Claimed,
-        plain: Outgoing,
-        reason: str,
-        now: datetime,
-        report: PassReport,
-    ) -> Outgoing | None:
-        """WhatsApp cannot carry this message: SMS instead, or failed if not allowed."""
+        """The request for this message (see `notifier.routing`); None if it cannot go."""
         message = item.message
+        route = self.router.route(message, item.patient, item.treatment.kind, now)
+        message.content_sid = route.content_sid
+        if route.instead_of_whatsapp is None:
+            return route.outgoing
         if not self.settings.whatsapp_sms_fallback:
-            message.error_message = reason
+            message.error_message = route.instead_of_whatsapp
             self._finish(session, item, Status.FAILED, now)
             report.failed += 1
             return None
-        message.channel, message.fallback_reason = "sms", reason
-        return plain
+        message.channel, message.fallback_reason = "sms", route.instead_of_whatsapp
+        return route.outgoing
 
     def _defer_to_window(
         self, session: Session, item: _Claimed, now: datetime, report: PassReport
@@ -430,16 +396,23 @@ class Dispatcher:
         return True
 
     def _throttle(self, report: PassReport, now: datetime) -> None:
-        """Twilio rate-limited this batch: pause claiming, longer each time it repeats,
-        rather than hammering it with the next batch."""
+        """Slow down when Twilio rate-limits (additive increase, multiplicative decrease):
+        a rate-limited batch halves the next claim and pauses briefly; a clean one lets
+        the claim grow back towards DISPATCH_BATCH_SIZE."""
+        full = self.settings.dispatch_batch_size
         if report.rate_limited:
             self.throttle_streak += 1
-            self.throttled_until = now + self._backoff(self.throttle_streak)
+            self.claim_limit = max(1, self.claim_limit // 2)
+            pause = retry_delay(self.throttle_streak, self.rng, THROTTLE_BASE, THROTTLE_CAP)
+            self.throttled_until = now + pause
             log.warning(
-                "Twilio is rate-limiting: no new sends until %s", self.throttled_until.isoformat()
+                "Twilio is rate-limiting: next claim of %d after %.1fs",
+                self.claim_limit,
+                pause.total_seconds(),
             )
         else:
             self.throttle_streak, self.throttled_until = 0, None
+            self.claim_limit = min(full, self.claim_limit + max(1, full // 10))
 
     def _backoff(self, attempts: int) -> timedelta:
         return retry_delay(attempts, self.rng, self.retry_base)
@@ -538,7 +511,3 @@ class Dispatcher:
         if lock:
             query = query.with_for_update(of=Message, skip_locked=True)
         return [_Claimed(m, p, t) for m, p, t in session.exec(query).all()]
-
-    def _status_callback(self) -> str | None:
-        base = self.settings.public_base_url
-        return f"{base}/webhooks/twilio/status" if base else None

@@ -170,7 +170,10 @@ class _PlanReader:
         data = self.data
         self._unknown(data, _PLAN_FIELDS, "")
         kind = self._string(data, "kind", "")
-        default_language = self._string(data, "default_language", "") or "en"
+        default_language = data.get("default_language", "en")
+        if not isinstance(default_language, str) or not _KEY.match(default_language):
+            self.problem("", "default_language must be a language tag such as 'en'")
+            default_language = "en"
         languages = data.get("languages", [default_language])
         if not (
             isinstance(languages, list) and languages and all(isinstance(x, str) for x in languages)

@@ -98,10 +98,6 @@ class Settings:
             whatsapp_sms_fallback=env.flag("WHATSAPP_SMS_FALLBACK", default=True),
         )
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
-
 
 class _Env:
     """Typed reads of environment variables, each error naming its variable."""

@@ -24,7 +24,7 @@ from tests.support.fake_twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
 
 pytestmark = pytest.mark.postgres
 
-MESSAGES = 1000
+MESSAGES = 2000
 WORKERS = 3
 CHAOS_SECONDS = 12
 SETTLE_DEADLINE = 180

@@ -355,3 +355,57 @@ def test_queue_reports_overdue_and_stuck_messages_and_exits_1(tmp_path: Path) ->
     assert report.returncode == 1
     assert "overdue (due > 1 min ago, not claimed): 1; oldest due 6" in report.stdout
     assert "stuck (claimed, lease run out): 1" in report.stdout
+
+
+def test_plan_preview_shows_each_texts_encoding_and_warns_above_three_segments(
+    tmp_path: Path,
+) -> None:
+    arabic = aftercare(
+        "plan",
+        "preview",
+        "--kind",
+        "scalp_micropigmentation",
+        "--performed-at",
+        "2027-03-01T10:00:00+04:00",
+        "--tz",
+        "Asia/Dubai",
+        "--lang",
+        "ar",
+    )
+    assert arabic.returncode == 0, arabic.stderr
+    assert "language ar" in arabic.stdout
+    assert "UCS-2" in arabic.stdout
+    assert "GSM-7" not in arabic.stdout
+    assert "WARNING" not in arabic.stdout  # the shipped texts stay within 3 segments
+    english = aftercare(
+        "plan",
+        "preview",
+        "--kind",
+        "scalp_micropigmentation",
+        "--performed-at",
+        "2027-03-01T10:00:00+04:00",
+        "--tz",
+        "Asia/Dubai",
+    )
+    assert "GSM-7" in english.stdout
+    assert "UCS-2" not in english.stdout
+
+    long_text = "Привет " * 40  # 279 UCS-2 units once trimmed: 5 segments
+    (tmp_path / "wordy.toml").write_text(
+        'kind = "wordy"\nlanguages = ["en"]\n[[steps]]\nkey = "hello"\nday = 1\n'
+        f'valid_until_day = 2\n[steps.text]\nen = "{long_text}"\n',
+        encoding="utf-8",
+    )
+    wordy = aftercare(
+        "plan",
+        "preview",
+        "--kind",
+        "wordy",
+        "--performed-at",
+        "2027-03-01T10:00:00+04:00",
+        "--tz",
+        "Asia/Dubai",
+        env={"AFTERCARE_PLANS_DIR": str(tmp_path)},
+    )
+    assert wordy.returncode == 0, wordy.stderr
+    assert "UCS-2, 279 units, 5 segments  WARNING: over 3 segments" in wordy.stdout

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlmodel import Session, col, select
 
-from notifier.dispatch import Dispatcher, retry_delay
+from notifier.dispatch import Dispatcher, PassReport, retry_delay
 from notifier.models import ConsentChange, Message, Patient, Status
 from notifier.plan import load_plans
 from notifier.sending import Ambiguous, PermanentFailure, RecipientOptedOut, RetryLater
@@ -282,21 +282,46 @@ def test_a_pass_with_nothing_due_does_nothing(dispatcher, sender) -> None:
 
 
 @pytest.mark.usefixtures("enrolled")
-def test_a_rate_limit_pauses_new_claims_instead_of_hammering(engine, dispatcher, sender) -> None:
+def test_a_rate_limit_halves_the_next_claim_and_pauses_briefly(
+    engine, dispatcher, sender, settings
+) -> None:
     from notifier.sending import RateLimited
 
     due = by_step(engine, "after_treatment").send_at
     sender.fail_next(RateLimited("429 Too Many Requests", code=20429))
     first = dispatcher.run_pass(due)
     assert (first.rate_limited, first.retrying) == (1, 1)
+    assert dispatcher.claim_limit == settings.dispatch_batch_size // 2
     paused_until = dispatcher.throttled_until
     assert paused_until is not None
-    assert timedelta(seconds=15) <= paused_until - due <= timedelta(seconds=30)
+    assert timedelta(seconds=0.5) <= paused_until - due <= timedelta(seconds=1)
     # Another message falls due while paused: it waits, nothing is claimed.
     later = datetime(2027, 3, 2, 10, 0, tzinfo=DUBAI)
-    dispatcher.throttled_until = later + timedelta(seconds=20)
+    dispatcher.throttled_until = later + timedelta(seconds=1)
     paused = dispatcher.run_pass(later)
     assert (paused.throttled, paused.claimed) == (True, 0)
-    resumed = dispatcher.run_pass(later + timedelta(seconds=20))
+    resumed = dispatcher.run_pass(later + timedelta(seconds=1))
     assert resumed.sent == 2  # the retried one and sunscreen #1
     assert dispatcher.throttled_until is None
+    assert dispatcher.claim_limit > settings.dispatch_batch_size // 2  # growing back
+
+
+def test_repeated_rate_limits_shrink_claims_but_never_stall(engine, sender, settings) -> None:
+    dispatcher = Dispatcher(
+        engine,
+        sender,
+        load_plans(settings.plans_dir),
+        replace(settings, dispatch_batch_size=64),
+        rng=random.Random(2),
+    )
+    try:
+        for streak in range(1, 12):
+            report = PassReport(rate_limited=1)
+            dispatcher._throttle(report, START)
+            assert dispatcher.throttled_until - START <= timedelta(seconds=10)
+            assert dispatcher.claim_limit == max(1, 64 >> streak)
+        for _ in range(20):
+            dispatcher._throttle(PassReport(), START)
+        assert dispatcher.claim_limit == 64
+    finally:
+        dispatcher.close()
