@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import re
 
-_PHONE_LIKE = re.compile(r"(?:whatsapp:)?\+?\d[\d\s\-()]{6,}\d")
+# Numbers here are E.164 (also %-encoded in URLs); a leading + keeps dates and times
+# in log lines from looking like phone numbers.
+_PHONE_LIKE = re.compile(r"(?:whatsapp:)?(?:\+|%2B)\d[\d\s\-()]{6,}\d", re.IGNORECASE)
 
 
 def mask_phone(phone: str | None) -> str:

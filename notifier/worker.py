@@ -26,6 +26,8 @@ from notifier.settings import Settings
 from notifier.whatsapp import load_whatsapp_templates
 
 log = logging.getLogger(__name__)
+# APScheduler reports every run of the job at INFO; a pass logs its own summary.
+logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
 
 
 class WorkerLockError(Exception):

@@ -32,3 +32,12 @@ def test_the_log_filter_masks_a_number_that_slipped_into_a_message(caplog) -> No
         caplog.handler.removeFilter(handler_filter)
     assert "+971501234567" not in caplog.text
     assert "reply from ***4567: thanks" in caplog.text
+
+
+def test_scrub_leaves_dates_times_and_counts_alone() -> None:
+    text = "next run at 2026-11-25 07:47:57 UTC, 1234567 rows, id 20261125"
+    assert scrub(text) == text
+
+
+def test_scrub_masks_a_percent_encoded_number_in_a_url() -> None:
+    assert scrub("GET /Messages.json?To=%2B971501234567") == "GET /Messages.json?To=***4567"
