@@ -125,7 +125,12 @@ class Dispatcher:
         # After Twilio said "too many requests", no new claims until then.
         self.throttled_until: datetime | None = None
         self.throttle_streak = 0
-        self.claim_limit = settings.dispatch_batch_size
+        self.max_claim = settings.dispatch_batch_size
+        if engine.dialect.name == "sqlite":
+            # The send transaction holds SQLite's write lock: one round of parallel sends
+            # per batch keeps it to about one Twilio timeout, well inside busy_timeout.
+            self.max_claim = min(self.max_claim, settings.dispatch_concurrency)
+        self.claim_limit = self.max_claim
         self.pool = ThreadPoolExecutor(settings.dispatch_concurrency, thread_name_prefix="send")
 
     def close(self) -> None:
@@ -399,7 +404,7 @@ class Dispatcher:
         """Slow down when Twilio rate-limits (additive increase, multiplicative decrease):
         a rate-limited batch halves the next claim and pauses briefly; a clean one lets
         the claim grow back towards DISPATCH_BATCH_SIZE."""
-        full = self.settings.dispatch_batch_size
+        full = self.max_claim
         if report.rate_limited:
             self.throttle_streak += 1
             self.claim_limit = max(1, self.claim_limit // 2)

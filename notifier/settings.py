@@ -207,5 +207,5 @@ def _twilio(env: _Env) -> TwilioSettings | None:
         messaging_service_sid=service,
         whatsapp_from=whatsapp_from,
         api_base_url=(env.url("TWILIO_API_BASE_URL") or DEFAULT_TWILIO_API_BASE_URL),
-        timeout_seconds=env.number("TWILIO_TIMEOUT_SECONDS", 15.0, 1, 120),
+        timeout_seconds=env.number("TWILIO_TIMEOUT_SECONDS", 15.0, 1, 30),
     )

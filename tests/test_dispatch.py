@@ -291,7 +291,7 @@ def test_a_rate_limit_halves_the_next_claim_and_pauses_briefly(
     sender.fail_next(RateLimited("429 Too Many Requests", code=20429))
     first = dispatcher.run_pass(due)
     assert (first.rate_limited, first.retrying) == (1, 1)
-    assert dispatcher.claim_limit == settings.dispatch_batch_size // 2
+    assert dispatcher.claim_limit == dispatcher.max_claim // 2
     paused_until = dispatcher.throttled_until
     assert paused_until is not None
     assert timedelta(seconds=0.5) <= paused_until - due <= timedelta(seconds=1)
@@ -303,7 +303,7 @@ def test_a_rate_limit_halves_the_next_claim_and_pauses_briefly(
     resumed = dispatcher.run_pass(later + timedelta(seconds=1))
     assert resumed.sent == 2  # the retried one and sunscreen #1
     assert dispatcher.throttled_until is None
-    assert dispatcher.claim_limit > settings.dispatch_batch_size // 2  # growing back
+    assert dispatcher.claim_limit > dispatcher.max_claim // 2  # growing back
 
 
 def test_repeated_rate_limits_shrink_claims_but_never_stall(engine, sender, settings) -> None:
@@ -311,7 +311,7 @@ def test_repeated_rate_limits_shrink_claims_but_never_stall(engine, sender, sett
         engine,
         sender,
         load_plans(settings.plans_dir),
-        replace(settings, dispatch_batch_size=64),
+        replace(settings, dispatch_batch_size=64, dispatch_concurrency=64),
         rng=random.Random(2),
     )
     try:
@@ -323,5 +323,19 @@ def test_repeated_rate_limits_shrink_claims_but_never_stall(engine, sender, sett
         for _ in range(20):
             dispatcher._throttle(PassReport(), START)
         assert dispatcher.claim_limit == 64
+    finally:
+        dispatcher.close()
+
+
+def test_on_sqlite_a_batch_is_one_round_of_parallel_sends(engine, sender, settings) -> None:
+    dispatcher = Dispatcher(
+        engine,
+        sender,
+        load_plans(settings.plans_dir),
+        replace(settings, dispatch_batch_size=200, dispatch_concurrency=8),
+    )
+    try:
+        expected = 8 if engine.dialect.name == "sqlite" else 200
+        assert dispatcher.max_claim == dispatcher.claim_limit == expected
     finally:
         dispatcher.close()
