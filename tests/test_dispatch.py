@@ -11,10 +11,12 @@ import pytest
 from sqlmodel import Session, col, select
 
 from notifier.dispatch import Dispatcher, PassReport, retry_delay
-from notifier.models import ConsentChange, Message, Patient, Status
+from notifier.models import ConsentChange, Patient, Status
 from notifier.plan import load_plans
 from notifier.sending import Ambiguous, PermanentFailure, RecipientOptedOut, RetryLater
 from tests.conftest import START, completed_event
+from tests.support.rows import row as by_step
+from tests.support.rows import rows as messages
 
 DUBAI = ZoneInfo("Asia/Dubai")
 PHONE = "+971501234567"
@@ -24,17 +26,6 @@ PHONE = "+971501234567"
 def enrolled(booking) -> None:
     answer = booking.post(completed_event())
     assert answer.status_code == 201, answer.get_json()
-
-
-def messages(engine) -> list[Message]:
-    with Session(engine) as session:
-        return list(
-            session.exec(select(Message).order_by(col(Message.send_at), col(Message.id))).all()
-        )
-
-
-def by_step(engine, step: str, occurrence: int = 0) -> Message:
-    return next(m for m in messages(engine) if m.step == step and m.occurrence == occurrence)
 
 
 def next_due(engine) -> datetime | None:

@@ -9,12 +9,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, func, select
 
-from notifier.dispatch import Dispatcher
 from notifier.models import BookingEvent, Message, Patient, Status
 from notifier.plan import load_plans
-from tests.conftest import START, BookingSystem, Clock, completed_event
+from tests.conftest import START, BookingSystem, completed_event
+from tests.support.rows import row, rows, run_pass
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANS = load_plans(ROOT / "config" / "plans")
@@ -59,22 +59,6 @@ def update(booking: BookingSystem, event_id: str, **fields: Any) -> dict[str, An
     assert answer.status_code == 200, answer.get_json()
     body: dict[str, Any] = answer.get_json()
     return body
-
-
-def run_pass(dispatcher: Dispatcher, clock: Clock, at: datetime) -> Any:
-    clock.now = at
-    return dispatcher.run_pass(at)
-
-
-def rows(engine: Any) -> list[Message]:
-    with Session(engine) as session:
-        return list(
-            session.exec(select(Message).order_by(col(Message.send_at), col(Message.id))).all()
-        )
-
-
-def row(engine: Any, step: str, occurrence: int = 0) -> Message:
-    return next(m for m in rows(engine) if m.step == step and m.occurrence == occurrence)
 
 
 def pending(engine: Any) -> list[Message]:

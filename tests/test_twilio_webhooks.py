@@ -41,6 +41,8 @@ from tests.conftest import (
     completed_event,
     make_settings,
 )
+from tests.support.rows import row as by_step
+from tests.support.rows import rows as messages
 
 DUBAI = ZoneInfo("Asia/Dubai")
 PHONE = "+971501234567"
@@ -105,17 +107,6 @@ def staff_replies(client: Any, handled: str | None = "false") -> list[dict[str, 
     answer = client.get(f"/api/replies{query}", headers=STAFF)
     assert answer.status_code == 200, answer.data
     return answer.get_json()["replies"]
-
-
-def messages(engine: Any) -> list[Message]:
-    with Session(engine) as session:
-        return list(
-            session.exec(select(Message).order_by(col(Message.send_at), col(Message.id))).all()
-        )
-
-
-def by_step(engine: Any, step: str, occurrence: int = 0) -> Message:
-    return next(m for m in messages(engine) if m.step == step and m.occurrence == occurrence)
 
 
 def statuses(engine: Any) -> set[str]:

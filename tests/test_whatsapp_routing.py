@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from notifier.dispatch import Dispatcher
-from notifier.models import Message, Patient, Status
+from notifier.models import Patient, Status
 from notifier.plan import load_plans
 from notifier.sending import Accepted, Outgoing, PermanentFailure, RetryLater
 from notifier.settings import Settings, TwilioSettings
@@ -25,6 +25,7 @@ from notifier.twilio_sender import TwilioSender
 from notifier.whatsapp import UNDELIVERABLE_ON_WHATSAPP, Templates, load_templates
 from tests.conftest import START, BookingSystem, Clock, RecordingSender, completed_event
 from tests.support.fake_twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, FakeTwilio
+from tests.support.rows import row, rows, run_pass
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANS = load_plans(ROOT / "config" / "plans")
@@ -100,22 +101,6 @@ def write_on_whatsapp(twilio: Any, clock: Clock, at: datetime, sender: str = WHA
     clock.now = at
     answer = twilio.inbound("hi", sender=sender)
     assert answer.status_code == 200, answer.data
-
-
-def run_pass(dispatcher: Dispatcher, clock: Clock, at: datetime) -> Any:
-    clock.now = at
-    return dispatcher.run_pass(at)
-
-
-def rows(engine: Any) -> list[Message]:
-    with Session(engine) as session:
-        return list(
-            session.exec(select(Message).order_by(col(Message.send_at), col(Message.id))).all()
-        )
-
-
-def row(engine: Any, step: str, occurrence: int = 0) -> Message:
-    return next(m for m in rows(engine) if m.step == step and m.occurrence == occurrence)
 
 
 def sent_for(sender: RecordingSender, engine: Any, step: str) -> list[Outgoing]:
