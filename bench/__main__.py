@@ -26,17 +26,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
-from sqlalchemy import create_engine, insert
 from sqlalchemy.engine import make_url
 
 from notifier import migrate
 from notifier.db import make_engine
 from notifier.dispatch import Dispatcher
-from notifier.models import Message, Patient, Status, Treatment
 from notifier.plan import load_plans
 from notifier.sending import Outgoing
 from notifier.settings import Settings, TwilioSettings
 from notifier.twilio_sender import TwilioSender
+from tests.support.seed import seed_messages
 
 ROOT = Path(__file__).resolve().parent.parent
 SID, TOKEN = "AC" + "0123456789abcdef" * 2, "fake-twilio-auth-token-0123456789"
@@ -122,92 +121,27 @@ def fresh_database(kind: str) -> Iterator[str]:
             yield url
         return
     name = f"aftercare_bench_{uuid.uuid4().hex[:8]}"
+    _admin(f'CREATE DATABASE "{name}"')
+    url = make_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
+    try:
+        migrate.upgrade(url)
+        yield url
+    finally:
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _admin(statement: str) -> None:
+    """Run one statement on the PostgreSQL server's maintenance database."""
     parts = make_url(POSTGRES)
     with psycopg.connect(
         host=parts.host,
         port=parts.port or 5432,
         user=parts.username,
+        password=parts.password,
         dbname=parts.database,
         autocommit=True,
     ) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = parts.set(database=name).render_as_string(hide_password=False)
-    try:
-        migrate.upgrade(url)
-        yield url
-    finally:
-        with psycopg.connect(
-            host=parts.host,
-            port=parts.port or 5432,
-            user=parts.username,
-            dbname=parts.database,
-            autocommit=True,
-        ) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def seed(url: str, count: int, send_at: datetime, now: datetime) -> None:
-    """`count` patients with one message each, due at `send_at`, window open all day."""
-    engine = create_engine(url)
-    stamps = {"created_at": now, "updated_at": now}
-    with engine.begin() as connection:
-        for start in range(1, count + 1, 10_000):
-            ids = range(start, min(start + 10_000, count + 1))
-            connection.execute(
-                insert(Patient),
-                [
-                    {
-                        "id": i,
-                        "external_id": f"P{i}",
-                        "phone": f"+9715{i:08d}",
-                        "channel": "sms",
-                        "language": "en",
-                        "timezone": "UTC",
-                        "consented": True,
-                        "opted_out": False,
-                        **stamps,
-                    }
-                    for i in ids
-                ],
-            )
-            connection.execute(
-                insert(Treatment),
-                [
-                    {
-                        "id": i,
-                        "external_id": f"T{i}",
-                        "patient_id": i,
-                        "kind": "scalp_micropigmentation",
-                        "performed_at": now,
-                        "status": "active",
-                        **stamps,
-                    }
-                    for i in ids
-                ],
-            )
-            connection.execute(
-                insert(Message),
-                [
-                    {
-                        "patient_id": i,
-                        "treatment_id": i,
-                        "step": "after_treatment",
-                        "occurrence": 0,
-                        "channel": "sms",
-                        "language": "en",
-                        "body": f"Bench message {i}",
-                        "send_at": send_at,
-                        "expires_at": send_at + timedelta(days=2),
-                        "window_start": 0,
-                        "window_end": 1439,
-                        "status": Status.SCHEDULED,
-                        "attempts": 0,
-                        **stamps,
-                    }
-                    for i in ids
-                ],
-            )
-    engine.dispose()
+        admin.execute(statement)
 
 
 def settings_for(url: str, base_url: str, concurrency: int) -> Settings:
@@ -230,7 +164,7 @@ def settings_for(url: str, base_url: str, concurrency: int) -> Settings:
 def throughput(url: str, base_url: str, count: int, concurrency: int) -> float:
     """Messages per second for one dispatcher sending `count` due messages."""
     now = datetime.now(UTC).replace(hour=12)
-    seed(url, count, now - timedelta(minutes=1), now)
+    seed_messages(url, count, now - timedelta(minutes=1), now)
     settings = settings_for(url, base_url, concurrency)
     engine = make_engine(url)
     sender = TwilioSender(settings.twilio)
@@ -253,7 +187,7 @@ def throughput(url: str, base_url: str, count: int, concurrency: int) -> float:
 def empty_pass_ms(url: str, base_url: str, future: int) -> float:
     """Median milliseconds of a pass with nothing due and `future` rows waiting."""
     now = datetime.now(UTC).replace(hour=12)
-    seed(url, future, now + timedelta(days=30), now)
+    seed_messages(url, future, now + timedelta(days=30), now)
     settings = settings_for(url, base_url, 8)
     engine = make_engine(url)
     dispatcher = Dispatcher(

@@ -17,10 +17,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, insert, text
+from sqlalchemy import create_engine, text
 
-from notifier.models import Message, Patient, Status, Treatment
+from notifier.models import Status
 from tests.support.fake_twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
+from tests.support.seed import seed_messages
 
 pytestmark = pytest.mark.postgres
 
@@ -36,69 +37,6 @@ def daytime_zone(now: datetime) -> str:
     """A fixed-offset zone where it is now around noon, so every window is open."""
     offset = 12 - now.hour
     return f"Etc/GMT{-offset:+d}" if offset else "UTC"
-
-
-def seed(url: str, now: datetime) -> None:
-    """MESSAGES patients, each with one message due now."""
-    engine = create_engine(url)
-    zone = daytime_zone(now)
-    stamps = {"created_at": now, "updated_at": now}
-    with engine.begin() as connection:
-        connection.execute(
-            insert(Patient),
-            [
-                {
-                    "id": i,
-                    "external_id": f"P{i}",
-                    "phone": f"+9715{i:08d}",
-                    "channel": "sms",
-                    "language": "en",
-                    "timezone": zone,
-                    "consented": True,
-                    "opted_out": False,
-                    **stamps,
-                }
-                for i in range(1, MESSAGES + 1)
-            ],
-        )
-        connection.execute(
-            insert(Treatment),
-            [
-                {
-                    "id": i,
-                    "external_id": f"T{i}",
-                    "patient_id": i,
-                    "kind": "scalp_micropigmentation",
-                    "performed_at": now - timedelta(hours=1),
-                    "status": "active",
-                    **stamps,
-                }
-                for i in range(1, MESSAGES + 1)
-            ],
-        )
-        connection.execute(
-            insert(Message),
-            [
-                {
-                    "patient_id": i,
-                    "treatment_id": i,
-                    "step": "after_treatment",
-                    "occurrence": 0,
-                    "channel": "sms",
-                    "language": "en",
-                    "body": f"Aftercare message number {i}",
-                    "send_at": now - timedelta(minutes=1),
-                    "expires_at": now + timedelta(days=1),
-                    "window_start": 0,
-                    "window_end": 23 * 60 + 59,
-                    "status": "scheduled",
-                    "attempts": 0,
-                    **stamps,
-                }
-                for i in range(1, MESSAGES + 1)
-            ],
-        )
-    engine.dispose()
 
 
 def start_fake() -> tuple[subprocess.Popen[str], str]:
@@ -150,7 +88,7 @@ def test_every_due_message_is_accepted_exactly_once_despite_faults_and_kills(
     postgres_url: str,
 ) -> None:
     now = datetime.now(UTC)
-    seed(postgres_url, now)
+    seed_messages(postgres_url, MESSAGES, now - timedelta(minutes=1), now, daytime_zone(now))
     fake, fake_url = start_fake()
     env = {
         **os.environ,
