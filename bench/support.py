@@ -1,0 +1,121 @@
+"""What every benchmark shares: fresh databases, the loopback fake Twilio, settings,
+process sampling, and the printed table."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from notifier import migrate
+from notifier.settings import Settings, TwilioSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+SID, TOKEN = "AC" + "0123456789abcdef" * 2, "fake-twilio-auth-token-0123456789"
+POSTGRES = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+Row = tuple[str, str]
+
+
+def machine() -> str:
+    return (
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, {platform.platform()}"
+    )
+
+
+def print_table(rows: Sequence[Row]) -> None:
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value:>16}", flush=True)
+
+
+@contextmanager
+def fake_twilio(latency: float) -> Iterator[str]:
+    """The loopback fake Twilio in its own process; yields its base URL."""
+    fake = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.support.fake_twilio",
+            "--port",
+            "0",
+            "--latency",
+            str(latency),
+            "--no-validate",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert fake.stdout is not None
+    try:
+        yield fake.stdout.readline().split()[-1]
+    finally:
+        fake.terminate()
+        fake.communicate(timeout=10)
+
+
+@contextmanager
+def fresh_database(kind: str) -> Iterator[str]:
+    """A migrated, empty database of `kind` (sqlite or postgres), dropped afterwards."""
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory() as directory:
+            url = f"sqlite:///{directory}/bench.sqlite3"
+            migrate.upgrade(url)
+            yield url
+        return
+    if kind != "postgres":
+        raise SystemExit(f"unknown database {kind!r}: use sqlite or postgres")
+    name = f"aftercare_bench_{uuid.uuid4().hex[:8]}"
+    admin(f'CREATE DATABASE "{name}"')
+    url = make_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
+    try:
+        migrate.upgrade(url)
+        yield url
+    finally:
+        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def admin(statement: str) -> None:
+    """Run one statement on the PostgreSQL server's maintenance database."""
+    parts = make_url(POSTGRES)
+    with psycopg.connect(
+        host=parts.host,
+        port=parts.port or 5432,
+        user=parts.username,
+        password=parts.password,
+        dbname=parts.database,
+        autocommit=True,
+    ) as connection:
+        connection.execute(statement)
+
+
+def twilio_settings(base_url: str) -> TwilioSettings:
+    return TwilioSettings(
+        account_sid=SID,
+        auth_token=TOKEN,
+        sms_from="+14155550100",
+        messaging_service_sid=None,
+        whatsapp_from=None,
+        api_base_url=base_url,
+        timeout_seconds=10,
+    )
+
+
+def settings_for(url: str, base_url: str, concurrency: int) -> Settings:
+    return replace(
+        Settings(database_url=url, twilio=twilio_settings(base_url)),
+        dispatch_concurrency=concurrency,
+        dispatch_batch_size=max(200, concurrency),
+    )
