@@ -11,7 +11,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psycopg
@@ -40,9 +40,15 @@ def print_table(rows: Sequence[Row]) -> None:
         print(f"{name:<{width}}  {value:>16}", flush=True)
 
 
+@dataclass(frozen=True)
+class Fake:
+    base_url: str
+    pid: int
+
+
 @contextmanager
-def fake_twilio(latency: float) -> Iterator[str]:
-    """The loopback fake Twilio in its own process; yields its base URL."""
+def fake_twilio(latency: float) -> Iterator[Fake]:
+    """The loopback fake Twilio in its own process."""
     fake = subprocess.Popen(
         [
             sys.executable,
@@ -60,7 +66,7 @@ def fake_twilio(latency: float) -> Iterator[str]:
     )
     assert fake.stdout is not None
     try:
-        yield fake.stdout.readline().split()[-1]
+        yield Fake(fake.stdout.readline().split()[-1], fake.pid)
     finally:
         fake.terminate()
         fake.communicate(timeout=10)
@@ -99,6 +105,20 @@ def admin(statement: str) -> None:
         autocommit=True,
     ) as connection:
         connection.execute(statement)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, over all cores."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle and iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(values) - idle) / tick, sum(values) / tick
 
 
 def twilio_settings(base_url: str) -> TwilioSettings:

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select, update
+from sqlmodel import Session, col, func, select, update
 
 from notifier import consent, delivery, whatsapp
 from notifier.db import transaction
@@ -69,9 +69,11 @@ class PassReport:
     unresolved: int = 0  # ambiguous, to be reconciled when its lease runs out
     rate_limited: int = 0  # of the retries, those Twilio refused with 429 / 20429
     throttled: bool = False  # no claims this pass: Twilio asked us to slow down
+    more: bool = False  # the claim was full: more may be due already
 
     def summary(self) -> str:
-        parts = [f"{f.name} {getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name)]
+        values = [(f.name, getattr(self, f.name)) for f in fields(self)]
+        parts = [name if value is True else f"{name} {value}" for name, value in values if value]
         return ", ".join(parts) if parts else "nothing due"
 
 
@@ -143,17 +145,29 @@ class Dispatcher:
         if self.throttled_until is not None and now < self.throttled_until:
             report.throttled = True
             return report
-        batch = self._claim(now)
-        report.claimed = len(batch)
-        if batch:
-            refused = self._send(batch, now, report)
+        ids = self._claim(now)
+        report.claimed, report.more = len(ids), len(ids) >= self.claim_limit
+        if ids:
+            refused = self._send(ids, now, report)
             self._opt_out(refused, now)
             self._throttle(report, now)
+            report.more = report.more and self.throttled_until is None
         with transaction(self.engine) as session:
             delivery.match_early_callbacks(
                 session, now, sms_fallback=self.settings.whatsapp_sms_fallback
             )
         return report
+
+    def next_pass_at(self) -> datetime | None:
+        """When a pass next has something to do: the next message due, or the end of a
+        rate-limit pause if that comes later; None if nothing is scheduled."""
+        with transaction(self.engine) as session:
+            due = session.exec(
+                select(func.min(Message.send_at)).where(col(Message.status) == Status.SCHEDULED)
+            ).one()
+        if due is None or self.throttled_until is None:
+            return due
+        return max(due, self.throttled_until)
 
     # -- the steps of a pass -------------------------------------------------
 
@@ -218,27 +232,39 @@ class Dispatcher:
                 message.status, message.send_at, message.updated_at = Status.SCHEDULED, now, now
                 report.retrying += 1
 
-    def _claim(self, now: datetime) -> Sequence[_Claimed]:
-        """Take due rows under a lease in one short transaction (SKIP LOCKED on PostgreSQL)."""
-        with transaction(self.engine) as session:
-            batch = self._load(
-                session,
-                (
-                    col(Message.status) == Status.SCHEDULED,
-                    col(Message.send_at) <= now,
-                ),
-                lock=True,
-                limit=self.claim_limit,
-            )
-            for item in batch:
-                message = item.message
-                message.status, message.claimed_at = Status.SENDING, now
-                message.lease_until, message.updated_at = now + self.lease, now
-                message.attempts += 1
-                session.add(message)
-        return batch
+    def _claim(self, now: datetime) -> list[int]:
+        """Take due rows under a lease: their ids, then one UPDATE of them all.
 
-    def _send(self, batch: Sequence[_Claimed], now: datetime, report: PassReport) -> list[_Claimed]:
+        On PostgreSQL the ids are read FOR UPDATE SKIP LOCKED, so workers never
+        take the same row; the rows themselves are loaded when the batch is sent."""
+        with transaction(self.engine) as session:
+            ids = list(
+                session.exec(
+                    select(Message.id)
+                    .where(
+                        col(Message.status) == Status.SCHEDULED,
+                        col(Message.send_at) <= now,
+                    )
+                    .order_by(col(Message.send_at))
+                    .limit(self.claim_limit)
+                    .with_for_update(skip_locked=True)
+                ).all()
+            )
+            if ids:
+                session.exec(
+                    update(Message)
+                    .where(col(Message.id).in_(ids))
+                    .values(
+                        status=Status.SENDING,
+                        claimed_at=now,
+                        lease_until=now + self.lease,
+                        updated_at=now,
+                        attempts=col(Message.attempts) + 1,
+                    )
+                )
+        return [i for i in ids if i is not None]
+
+    def _send(self, ids: Sequence[int], now: datetime, report: PassReport) -> list[_Claimed]:
         """Send a claimed batch; returns the messages Twilio refused as opted out (21610).
 
         The whole batch runs in one transaction that first locks out opt-outs: on
@@ -249,8 +275,8 @@ class Dispatcher:
         """
         refused: list[_Claimed] = []
         with transaction(self.engine) as session:
-            fresh = self._lock_out_opt_outs(session, batch, now)
-            ready = self._recheck(session, fresh, now, report)
+            batch = self._lock_out_opt_outs(session, ids, now)
+            ready = self._recheck(session, batch, now, report)
             futures: dict[Future[Accepted], _Claimed] = {
                 self.pool.submit(self.sender.send, outgoing): item for item, outgoing in ready
             }
@@ -260,32 +286,15 @@ class Dispatcher:
         return refused
 
     def _lock_out_opt_outs(
-        self, session: Session, batch: Sequence[_Claimed], now: datetime
-    ) -> list[_Claimed]:
-        """Take the locks described in `_send`, and the batch with fresh patients and
-        treatments read under them."""
-        session.exec(
-            update(Message)
-            .where(col(Message.id).in_([i.message.id for i in batch]))
-            .values(updated_at=now)
+        self, session: Session, ids: Sequence[int], now: datetime
+    ) -> Sequence[_Claimed]:
+        """Take the locks described in `_send`; the batch, read under them."""
+        session.exec(update(Message).where(col(Message.id).in_(ids)).values(updated_at=now))
+        return self._load(
+            session,
+            (col(Message.id).in_(ids), col(Message.status) == Status.SENDING),
+            share_patients=True,
         )
-        patients = {
-            p.id: p
-            for p in session.exec(
-                select(Patient)
-                .where(col(Patient.id).in_({i.patient.id for i in batch}))
-                .with_for_update(read=True)
-            ).all()
-        }
-        treatments = {
-            t.id: t
-            for t in session.exec(
-                select(Treatment).where(col(Treatment.id).in_({i.treatment.id for i in batch}))
-            ).all()
-        }
-        return [
-            _Claimed(i.message, patients[i.patient.id], treatments[i.treatment.id]) for i in batch
-        ]
 
     def _recheck(
         self, session: Session, batch: Sequence[_Claimed], now: datetime, report: PassReport
@@ -502,7 +511,7 @@ class Dispatcher:
         where: Iterable[object],
         *,
         lock: bool = False,
-        limit: int | None = None,
+        share_patients: bool = False,
     ) -> Sequence[_Claimed]:
         query = (
             select(Message, Patient, Treatment)
@@ -511,8 +520,8 @@ class Dispatcher:
             .where(*where)  # type: ignore[arg-type]
             .order_by(col(Message.send_at))
         )
-        if limit is not None:
-            query = query.limit(limit)
         if lock:
             query = query.with_for_update(of=Message, skip_locked=True)
+        elif share_patients:
+            query = query.with_for_update(of=Patient, read=True)
         return [_Claimed(m, p, t) for m, p, t in session.exec(query).all()]

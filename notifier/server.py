@@ -10,13 +10,12 @@ from __future__ import annotations
 from contextlib import ExitStack
 from typing import Any
 
-from apscheduler.schedulers.background import BackgroundScheduler
 from gunicorn.app.base import BaseApplication
 
 from notifier.app import create_app
 from notifier.db import make_engine
 from notifier.settings import Settings
-from notifier.worker import single_worker_lock, start_background
+from notifier.worker import dispatching_in_background, single_worker_lock
 
 
 class _Embedded(BaseApplication):  # type: ignore[misc]
@@ -24,7 +23,6 @@ class _Embedded(BaseApplication):  # type: ignore[misc]
         self.settings = settings
         self.options = options
         self.resources = ExitStack()
-        self.scheduler: BackgroundScheduler | None = None
         super().__init__()
 
     def load_config(self) -> None:
@@ -39,11 +37,9 @@ class _Embedded(BaseApplication):  # type: ignore[misc]
     def _start_dispatcher(self, _worker: Any) -> None:
         self.resources.enter_context(single_worker_lock(self.settings.database_url))
         engine = make_engine(self.settings.database_url)
-        self.scheduler = start_background(self.settings, engine)
+        self.resources.enter_context(dispatching_in_background(self.settings, engine))
 
     def _stop_dispatcher(self, _server: Any, _worker: Any) -> None:
-        if self.scheduler is not None:
-            self.scheduler.shutdown(wait=True)
         self.resources.close()
 
 

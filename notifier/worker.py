@@ -6,13 +6,15 @@ import fcntl
 import logging
 import os
 import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
@@ -28,6 +30,9 @@ from notifier.whatsapp import load_whatsapp_templates
 log = logging.getLogger(__name__)
 # APScheduler reports every run of the job at INFO; a pass logs its own summary.
 logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
+
+JOB_ID = "dispatch"
+WAKE_MARGIN = timedelta(milliseconds=50)
 
 
 class WorkerLockError(Exception):
@@ -54,25 +59,72 @@ def build_dispatcher(settings: Settings, engine: Engine) -> Dispatcher:
     )
 
 
-def dispatch_now(dispatcher: Dispatcher) -> None:
-    """One pass at the current time; the scheduler's job."""
-    report = dispatcher.run_pass(datetime.now(UTC))
-    if report.claimed or report.expired or report.adopted:
-        log.info("dispatch: %s", report.summary())
+class DispatchJob:
+    """The scheduler's job: passes until nothing more is due now, then an early wake-up.
+
+    A full claim means more may be due, so passes follow each other without waiting
+    for the next tick. Afterwards the job's next run is moved forward to the next
+    message's due time (or the end of a rate-limit pause) when that comes before the
+    regular tick: a message is sent when it falls due, not up to an interval later.
+    """
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        scheduler: BaseScheduler,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.scheduler = scheduler
+        self.clock = clock
+        self.stopping = threading.Event()  # set on shutdown: finish this pass, start no more
+        self._running = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._running:
+            while not self.stopping.is_set():
+                report = self.dispatcher.run_pass(self.clock())
+                if report.claimed or report.expired or report.adopted:
+                    log.info("dispatch: %s", report.summary())
+                if not report.more:
+                    self._wake_early()
+                    break
+
+    def stop(self) -> None:
+        """Let the pass under way finish, and start no other. Call it after the
+        scheduler's `shutdown(wait=False)`: a `shutdown(wait=True)` holds the
+        scheduler's job store lock while it waits, and `_wake_early` needs that lock."""
+        self.stopping.set()
+        with self._running:
+            return
+
+    def _wake_early(self) -> None:
+        wake = self.dispatcher.next_pass_at()
+        job = self.scheduler.get_job(JOB_ID)  # None once the scheduler has shut down
+        if wake is None or job is None or job.next_run_time is None:
+            return
+        # Never in the past: the job has to return before the scheduler may run it again.
+        wake = max(wake, self.clock() + WAKE_MARGIN)
+        if wake < job.next_run_time:
+            with suppress(JobLookupError):  # the scheduler shut down just now
+                job.modify(next_run_time=wake)
 
 
-def add_dispatch_job(scheduler: BaseScheduler, dispatcher: Dispatcher, settings: Settings) -> None:
+def add_dispatch_job(
+    scheduler: BaseScheduler, dispatcher: Dispatcher, settings: Settings
+) -> DispatchJob:
+    job = DispatchJob(dispatcher, scheduler)
     scheduler.add_job(
-        dispatch_now,
+        job,
         "interval",
-        args=[dispatcher],
-        id="dispatch",
+        id=JOB_ID,
         seconds=settings.dispatch_interval_seconds,
         next_run_time=datetime.now(UTC),
         max_instances=1,
         coalesce=True,
         misfire_grace_time=None,
     )
+    return job
 
 
 def run_worker(settings: Settings, engine: Engine) -> None:
@@ -80,9 +132,10 @@ def run_worker(settings: Settings, engine: Engine) -> None:
     with single_worker_lock(settings.database_url):
         dispatcher = build_dispatcher(settings, engine)
         scheduler = BlockingScheduler(timezone=UTC)
-        add_dispatch_job(scheduler, dispatcher, settings)
+        job = add_dispatch_job(scheduler, dispatcher, settings)
 
         def stop(_signum: int, _frame: FrameType | None) -> None:
+            job.stopping.set()
             scheduler.shutdown(wait=False)
 
         signal.signal(signal.SIGTERM, stop)
@@ -90,18 +143,28 @@ def run_worker(settings: Settings, engine: Engine) -> None:
         try:
             scheduler.start()
         except KeyboardInterrupt:
-            pass
+            scheduler.shutdown(wait=False)
         finally:
+            job.stop()
             dispatcher.close()
         log.info("worker stopped")
 
 
-def start_background(settings: Settings, engine: Engine) -> BackgroundScheduler:
-    """The dispatcher in a background thread, for `aftercare run`."""
+@contextmanager
+def dispatching_in_background(settings: Settings, engine: Engine) -> Iterator[BackgroundScheduler]:
+    """The dispatcher in a background thread, for `aftercare run`; on exit the pass under
+    way finishes and no other starts."""
     scheduler = BackgroundScheduler(timezone=UTC)
-    add_dispatch_job(scheduler, build_dispatcher(settings, engine), settings)
+    dispatcher = build_dispatcher(settings, engine)
+    job = add_dispatch_job(scheduler, dispatcher, settings)
     scheduler.start()
-    return scheduler
+    try:
+        yield scheduler
+    finally:
+        job.stopping.set()
+        scheduler.shutdown(wait=False)
+        job.stop()
+        dispatcher.close()
 
 
 @contextmanager

@@ -275,21 +275,28 @@ def _wait_for(url: str, seconds: float = 30) -> None:
 
 
 def _read_until(process: subprocess.Popen[str], needle: str, seconds: float) -> str:
-    """Read the process's output until `needle` appears (select keeps it bounded)."""
+    """Read the process's output until `needle` appears, for at most `seconds`.
+
+    Reads the pipe's file descriptor itself: select() on the buffered text stream
+    would miss lines already read into its buffer."""
     import selectors
 
     assert process.stdout is not None
-    seen: list[str] = []
+    fd = process.stdout.fileno()
+    seen = b""
     selector = selectors.DefaultSelector()
-    selector.register(process.stdout, selectors.EVENT_READ)
+    selector.register(fd, selectors.EVENT_READ)
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while needle.encode() not in seen and time.monotonic() < deadline:
         if selector.select(timeout=0.5):
-            line = process.stdout.readline()
-            seen.append(line)
-            if needle in line:
-                return "".join(seen)
-    raise AssertionError("not seen in time: " + needle + "\n" + "".join(seen))
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            seen += chunk
+    selector.close()
+    if needle.encode() not in seen:
+        raise AssertionError("not seen in time: " + needle + "\n" + seen.decode())
+    return seen.decode()
 
 
 def test_gunicorn_serves_the_app_factory(tmp_path: Path) -> None:
