@@ -30,13 +30,16 @@ def set_booking_consent(
 ) -> None:
     """Apply the clinic's consent flag; withdrawing it holds pending messages.
 
-    A patient's `first` flag is always logged, later ones only when they change."""
+    A patient's `first` flag (a patient created just now) is always logged, later
+    ones only when they change. A new patient has no messages to hold or resume."""
     if not first and patient.consented == consented:
         return
     patient.consented = consented
     session.add(patient)
     session.flush()
     _log(session, patient, consented, Source.BOOKING, now)
+    if first:
+        return
     if consented and not patient.opted_out:
         resume_held(session, patient, now)
     elif not consented:

@@ -104,9 +104,14 @@ def _unreachable_on_whatsapp(message: Message, error_code: int | None) -> bool:
 def match_early_callbacks(session: Session, now: datetime, *, sms_fallback: bool = True) -> int:
     """Apply callbacks that came before their message's SID was stored (Twilio can be
     faster than our commit). Only the last day is looked at: older unmatched ones are
-    for messages this service did not send."""
-    rows = session.exec(
-        select(StatusCallback, Message)
+    for messages this service did not send.
+
+    Every pass calls this, nearly always to find nothing: the join reads only the
+    message's id, which the SID index holds, and the messages are loaded by id after.
+    Joining whole message rows let SQLite's planner scan the whole table per callback
+    once ANALYZE had counted the NULL SIDs of unsent messages as one common value."""
+    matches = session.exec(
+        select(StatusCallback, Message.id)
         .join(Message, col(Message.sid) == StatusCallback.sid)
         .where(
             col(StatusCallback.message_id).is_(None),
@@ -114,11 +119,16 @@ def match_early_callbacks(session: Session, now: datetime, *, sms_fallback: bool
         )
         .order_by(col(StatusCallback.id))
     ).all()
-    for callback, message in rows:
+    if not matches:
+        return 0
+    ids = {message_id for _, message_id in matches}
+    messages = {m.id: m for m in session.exec(select(Message).where(col(Message.id).in_(ids)))}
+    for callback, message_id in matches:
+        message = messages[message_id]
         callback.message_id = message.id
         session.add(callback)
         _apply(session, message, callback.status, callback.error_code, now, sms_fallback)
-    return len(rows)
+    return len(matches)
 
 
 def advance(message: Message, status: Status | None, error_code: int | None, now: datetime) -> bool:

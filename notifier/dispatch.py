@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, bindparam
 from sqlmodel import Session, col, func, select, update
 
 from notifier import consent, delivery, whatsapp
@@ -172,18 +172,31 @@ class Dispatcher:
     # -- the steps of a pass -------------------------------------------------
 
     def _expire(self, now: datetime, report: PassReport) -> None:
-        """Pending messages past their expiry are expired, never sent late."""
-        with transaction(self.engine) as session:
-            stale = self._load(
-                session,
-                (
-                    col(Message.status).in_([Status.SCHEDULED, Status.HELD]),
-                    col(Message.expires_at) <= now,
-                ),
-            )
-            for item in stale:
-                self._finish(session, item, Status.EXPIRED, now)
-            report.expired += len(stale)
+        """Pending messages past their expiry are expired, never sent late.
+
+        Ids first, oldest expiry first, a batch at a time (ix_message_pending_expiry).
+        Joining whole rows at once let PostgreSQL, expecting thousands of expired
+        pending rows when most of the table is history, hash-join every patient and
+        treatment on every pass."""
+        pending = [Status.SCHEDULED, Status.HELD]
+        while True:
+            with transaction(self.engine) as session:
+                ids = session.exec(
+                    select(Message.id)
+                    .where(col(Message.status).in_(pending), col(Message.expires_at) <= now)
+                    .order_by(col(Message.expires_at))
+                    .limit(self.max_claim)
+                ).all()
+                if not ids:
+                    return
+                stale = self._load(
+                    session, (col(Message.id).in_(ids), col(Message.status).in_(pending))
+                )
+                for item in stale:
+                    self._finish(session, item, Status.EXPIRED, now)
+                report.expired += len(stale)
+            if len(ids) < self.max_claim:
+                return
 
     def _recover(self, now: datetime, report: PassReport) -> None:
         """Rows whose lease ran out may or may not have been sent: ask Twilio first."""
@@ -274,6 +287,7 @@ class Dispatcher:
         no message is sent after an opt-out is committed.
         """
         refused: list[_Claimed] = []
+        queued: list[dict[str, object]] = []  # the common outcome, written in one statement
         with transaction(self.engine) as session:
             batch = self._lock_out_opt_outs(session, ids, now)
             ready = self._recheck(session, batch, now, report)
@@ -281,8 +295,24 @@ class Dispatcher:
                 self.pool.submit(self.sender.send, outgoing): item for item, outgoing in ready
             }
             for future in as_completed(futures):
-                if self._record(session, futures[future], future, now, report):
-                    refused.append(futures[future])
+                item = futures[future]
+                outcome = self._record(session, item, future, now, report)
+                if isinstance(outcome, Accepted):
+                    queued.append({"message_id": item.message.id, "message_sid": outcome.sid})
+                elif outcome:
+                    refused.append(item)
+            if queued:
+                session.connection().execute(
+                    update(Message)
+                    .where(col(Message.id) == bindparam("message_id"))
+                    .values(
+                        sid=bindparam("message_sid"),
+                        status=Status.QUEUED,
+                        updated_at=now,
+                        lease_until=None,
+                    ),
+                    queued,
+                )
         return refused
 
     def _lock_out_opt_outs(
@@ -322,7 +352,8 @@ class Dispatcher:
         """The request for this message (see `notifier.routing`); None if it cannot go."""
         message = item.message
         route = self.router.route(message, item.patient, item.treatment.kind, now)
-        message.content_sid = route.content_sid
+        if message.content_sid != route.content_sid:
+            message.content_sid = route.content_sid
         if route.instead_of_whatsapp is None:
             return route.outgoing
         if not self.settings.whatsapp_sms_fallback:
@@ -358,8 +389,11 @@ class Dispatcher:
         future: Future[Accepted],
         now: datetime,
         report: PassReport,
-    ) -> bool:
-        """Turn the sender's answer into the message's next status; True for 21610."""
+    ) -> bool | Accepted:
+        """Turn the sender's answer into the message's next status; True for 21610.
+
+        An accepted message that needs nothing more is handed back, for the caller
+        to store with the rest of the batch's."""
         message = item.message
         try:
             accepted = future.result()
@@ -386,9 +420,11 @@ class Dispatcher:
             message.lease_until = now + self._backoff(message.attempts)
             report.unresolved += 1
         else:
+            report.sent += 1
+            if not self._is_yearly(item):
+                return accepted
             message.sid = accepted.sid
             self._finish(session, item, Status.QUEUED, now)
-            report.sent += 1
         return False
 
     def _fall_back(
@@ -484,10 +520,14 @@ class Dispatcher:
         if status in (Status.QUEUED, Status.FAILED, Status.EXPIRED):
             self._schedule_following(session, item, now)
 
-    def _schedule_following(self, session: Session, item: _Claimed, now: datetime) -> None:
+    def _is_yearly(self, item: _Claimed) -> bool:
         plan = self.plans.get(item.treatment.kind)
         step = plan.step(item.message.step) if plan else None
-        if plan is None or step is None or not step.yearly:
+        return step is not None and step.yearly
+
+    def _schedule_following(self, session: Session, item: _Claimed, now: datetime) -> None:
+        plan = self.plans.get(item.treatment.kind)
+        if plan is None or not self._is_yearly(item):
             return
         if item.treatment.status != TreatmentStatus.ACTIVE:
             return

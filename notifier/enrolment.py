@@ -80,14 +80,17 @@ def complete_treatment(
     treatment, created, moved = _upsert_treatment(session, patient, what, now)
     set_booking_consent(session, patient, who.consent, now, first=new_patient)
     outcome = Enrolment(patient=patient, treatment=treatment, created=created)
-    if _superseded_by_later(session, treatment, now):
+    # A patient created just now has no other sessions to supersede.
+    if not new_patient and _superseded_by_later(session, treatment, now):
         outcome.reason = "a later session of the same treatment kind is already enrolled"
     elif not patient.consented:
         if moved:  # held messages of the old time would be wrong if consent returns
             cancel_pending(session, treatment, now)
         outcome.reason = "the patient has not consented to messages"
     elif created or moved or not _has_live_messages(session, treatment):
-        outcome.messages = schedule_treatment(session, plan, patient, treatment, clinic, now)
+        outcome.messages = schedule_treatment(
+            session, plan, patient, treatment, clinic, now, new=created
+        )
     else:
         outcome.messages = list(
             session.exec(select(Message).where(Message.treatment_id == treatment.id)).all()

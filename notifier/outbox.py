@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import insert
 from sqlmodel import Session, col, select, update
 
 from notifier.models import PENDING, WENT_OUT, Message, Patient, Status, Treatment
@@ -32,26 +33,46 @@ def schedule_treatment(
     treatment: Treatment,
     clinic: Clinic,
     now: datetime,
+    *,
+    new: bool = False,
 ) -> list[Message]:
     """(Re)plan a treatment: pending messages are replaced; steps that already went out
-    are not sent again. Returns the new rows, expired ones included."""
-    cancel_pending(session, treatment, now)
-    done = set(
-        session.exec(
-            select(Message.step, Message.occurrence).where(
-                Message.treatment_id == treatment.id,
-                col(Message.status).in_([*WENT_OUT, Status.SENDING]),
-            )
-        ).all()
-    )
+    are not sent again. Returns the new rows, expired ones included.
+
+    `new` says the treatment was created in this transaction, so it has no messages
+    yet: nothing to cancel, nothing already sent. The rows are inserted at once, in
+    one batch, and the returned messages are not kept in the session."""
+    done: set[tuple[str, int]] = set()
+    if not new:
+        cancel_pending(session, treatment, now)
+        done = set(
+            session.exec(
+                select(Message.step, Message.occurrence).where(
+                    Message.treatment_id == treatment.id,
+                    col(Message.status).in_([*WENT_OUT, Status.SENDING]),
+                )
+            ).all()
+        )
     planned = plan_messages(plan, treatment.performed_at, ZoneInfo(patient.timezone), now)
     rows = [
         _row(plan, patient, treatment, item, clinic, now)
         for item in planned
         if (item.step, item.occurrence) not in done
     ]
-    session.add_all(rows)
+    insert_messages(session, rows)
     return rows
+
+
+def insert_messages(session: Session, rows: list[Message]) -> None:
+    """Insert new messages in one executemany (pipelined on PostgreSQL), without the
+    unit of work: nothing reads their ids back, and one multi-row INSERT ... RETURNING
+    per plan would be long enough that the driver re-parses it on every request."""
+    if not rows:
+        return
+    columns = [column.key for column in Message.__table__.columns if column.key != "id"]  # type: ignore[attr-defined]
+    session.execute(
+        insert(Message), [{name: getattr(row, name) for name in columns} for row in rows]
+    )
 
 
 def schedule_next_yearly(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 OPTED_OUT = 21610  # Twilio: "Attempt to send to unsubscribed recipient"
 TOO_MANY_REQUESTS = 20429
 LIST_PAGE_SIZE = 50
-POOL_SIZE = 32  # connections kept per host; the dispatcher sends concurrently
+POOL_SIZE = 256  # connections kept per host: up to DISPATCH_CONCURRENCY sends at once
 
 T = TypeVar("T")
 
@@ -67,7 +68,7 @@ class TwilioSender:
 
     def __init__(self, settings: TwilioSettings) -> None:
         self._settings = settings
-        self._http = _http_client(settings.timeout_seconds)
+        self._http = _http_client(settings.timeout_seconds, settings.api_base_url)
         self._client = _client(settings, self._http)
         self._messages: Any = self._client.api.account.messages
 
@@ -137,11 +138,21 @@ def _address(number: str, channel: Channel) -> str:
     return f"whatsapp:{number}" if channel == "whatsapp" else number
 
 
-def _http_client(timeout_seconds: float) -> Any:
-    """The SDK's HTTP client with one timeout and no retries on either scheme."""
+def _http_client(timeout_seconds: float, base_url: str) -> Any:
+    """The SDK's HTTP client with one timeout and no retries on either scheme.
+
+    The proxy (HTTPS_PROXY, NO_PROXY...) and CA bundle (REQUESTS_CA_BUNDLE) that
+    requests would read from the environment on every call are read once, here:
+    the per-call reading was a quarter of the CPU a send costs."""
     http = TwilioHttpClient(timeout=timeout_seconds)
+    session = http.session
     for scheme in ("http://", "https://"):
-        http.session.mount(scheme, HTTPAdapter(max_retries=0, pool_maxsize=POOL_SIZE))
+        session.mount(scheme, HTTPAdapter(max_retries=0, pool_maxsize=POOL_SIZE))
+    http.proxy = requests.utils.get_environ_proxies(base_url)
+    session.verify = (
+        os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    )
+    session.trust_env = False
     return http
 
 

@@ -171,6 +171,19 @@ def test_every_call_goes_to_the_configured_base_url_whatever_the_environment(
     assert fake.violations == []
 
 
+def test_a_proxy_set_in_the_environment_carries_every_call(fake, make_sender, monkeypatch):
+    # Twilio's host does not resolve here: only the proxy (the fake) can answer.
+    monkeypatch.setenv("HTTP_PROXY", fake.base_url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    sender = make_sender("http://api.twilio.invalid")
+
+    accepted = sender.send(Outgoing(PATIENT, "sms", BODY))
+
+    assert [m.sid for m in fake.messages] == [accepted.sid]
+    assert [(r.method, r.path) for r in fake.requests] == [("POST", MESSAGES_PATH)]
+
+
 @pytest.mark.parametrize(
     ("channel", "overrides"),
     [
