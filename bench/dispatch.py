@@ -47,8 +47,8 @@ LEAD = timedelta(seconds=8)  # seeding and worker start-up happen before the mes
 def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--messages", type=int, default=10_000, help="messages due at once")
     group.add_argument("--latency", type=float, default=0.1, help="fake Twilio's answer time (s)")
-    group.add_argument("--concurrency", type=int, default=256, help="DISPATCH_CONCURRENCY")
-    group.add_argument("--batch", type=int, default=256, help="DISPATCH_BATCH_SIZE")
+    group.add_argument("--concurrency", type=int, default=512, help="DISPATCH_CONCURRENCY")
+    group.add_argument("--batch", type=int, default=512, help="DISPATCH_BATCH_SIZE")
     group.add_argument("--workers", default="1,2", help="worker processes (PostgreSQL only >1)")
     group.add_argument("--naive", type=int, default=30, help="messages sent the naive way")
     group.add_argument("--databases", default="sqlite,postgres")

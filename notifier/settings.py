@@ -88,7 +88,7 @@ class Settings:
             clinic_phone=env.get("CLINIC_PHONE") or "+971 4 000 0000",
             dispatch_interval_seconds=env.number("DISPATCH_INTERVAL_SECONDS", 10.0, 0.1, 3600),
             dispatch_batch_size=int(env.number("DISPATCH_BATCH_SIZE", 200, 1, 10_000)),
-            dispatch_concurrency=int(env.number("DISPATCH_CONCURRENCY", 32, 1, 256)),
+            dispatch_concurrency=int(env.number("DISPATCH_CONCURRENCY", 32, 1, 512)),
             lease_seconds=int(env.number("DISPATCH_LEASE_SECONDS", 300, 5, 300)),
             retry_base_seconds=env.number("DISPATCH_RETRY_BASE_SECONDS", 30.0, 1, 600),
             max_attempts=int(env.number("DISPATCH_MAX_ATTEMPTS", 8, 1, 50)),
