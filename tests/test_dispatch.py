@@ -10,8 +10,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlmodel import Session, col, select
 
-from notifier.dispatch import Dispatcher, PassReport, retry_delay
+from notifier.dispatch import Dispatcher
 from notifier.models import ConsentChange, Patient, Status
+from notifier.outcome import PassReport, retry_delay
 from notifier.plan import load_plans
 from notifier.sending import Ambiguous, PermanentFailure, RecipientOptedOut, RetryLater
 from tests.conftest import START, completed_event

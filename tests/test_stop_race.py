@@ -14,8 +14,8 @@ from datetime import timedelta
 
 from sqlmodel import Session, select
 
-from notifier.dispatch import PassReport
 from notifier.models import Message, Patient, Status
+from notifier.outcome import PassReport
 from notifier.sending import Accepted, Outgoing
 from tests.conftest import START, RecordingSender, completed_event
 

@@ -11,8 +11,9 @@ import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlmodel import Session, col, update
 
-from notifier.dispatch import Dispatcher, PassReport
+from notifier.dispatch import Dispatcher
 from notifier.models import Message
+from notifier.outcome import PassReport
 from notifier.plan import load_plans
 from notifier.settings import Settings
 from notifier.worker import JOB_ID, WAKE_MARGIN, DispatchJob, add_dispatch_job

@@ -7,8 +7,9 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from notifier.dispatch import Dispatcher, PassReport
+from notifier.dispatch import Dispatcher
 from notifier.models import Message
+from notifier.outcome import PassReport
 
 
 def rows(engine: Any) -> list[Message]:
