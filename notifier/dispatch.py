@@ -1,9 +1,9 @@
 """One dispatch pass: expire, recover, claim, re-check, send, record.
 
-Database work happens on the pass's own thread; only the sender calls run in the
-pool. A batch is sent inside one transaction that locks out opt-outs (see
-`Dispatcher._send`), and what becomes of each message is `notifier.outcome`'s
-business. A claimed row carries a lease: if its worker dies, or Twilio's
+Database work happens on the pass's own thread; the sender sends a batch at once
+(concurrently, see `notifier.twilio_sender`) inside one transaction that locks
+out opt-outs (see `Dispatcher._send`), and what becomes of each message is
+`notifier.outcome`'s business. A claimed row carries a lease: if its worker dies, or Twilio's
 answer was ambiguous, the row is reconciled against Twilio's message list once
 the lease runs out, and re-sent only if Twilio has no such message.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, bindparam
@@ -88,10 +87,10 @@ class Dispatcher:
             # per batch keeps it to about one Twilio timeout, well inside busy_timeout.
             self.max_claim = min(self.max_claim, settings.dispatch_concurrency)
         self.claim_limit = self.max_claim
-        self.pool = ThreadPoolExecutor(settings.dispatch_concurrency, thread_name_prefix="send")
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
+        """Close the sender: the dispatcher is not used again."""
+        self.sender.close()
 
     def run_pass(self, now: datetime) -> PassReport:
         report = PassReport()
@@ -246,12 +245,9 @@ class Dispatcher:
         with transaction(self.engine) as session:
             batch = self._lock_out_opt_outs(session, ids, now)
             ready = self._recheck(session, batch, now, report)
-            futures: dict[Future[Accepted], Claimed] = {
-                self.pool.submit(self.sender.send, outgoing): item for item, outgoing in ready
-            }
-            for future in as_completed(futures):
-                item = futures[future]
-                outcome = self._record(session, item, future, now, report)
+            answers = self.sender.send_batch([outgoing for _, outgoing in ready])
+            for (item, _), answer in zip(ready, answers, strict=True):
+                outcome = self._record(session, item, answer, now, report)
                 if isinstance(outcome, Accepted):
                     queued.append({"message_id": item.message.id, "message_sid": outcome.sid})
                 elif outcome:
@@ -323,7 +319,7 @@ class Dispatcher:
         self,
         session: Session,
         item: Claimed,
-        future: Future[Accepted],
+        answer: Accepted | Exception,
         now: datetime,
         report: PassReport,
     ) -> bool | Accepted:
@@ -332,36 +328,34 @@ class Dispatcher:
         An accepted message that needs nothing more is handed back, for the caller
         to store with the rest of the batch's."""
         message = item.message
-        try:
-            accepted = future.result()
-        except RecipientOptedOut as error:
-            self.outcomes.fail(session, item, error, now, report)
+        if isinstance(answer, Accepted):
+            report.sent += 1
+            if not self.outcomes.is_yearly(item):
+                return answer
+            message.sid = answer.sid
+            self.outcomes.finish(session, item, Status.QUEUED, now)
+        elif isinstance(answer, RecipientOptedOut):
+            self.outcomes.fail(session, item, answer, now, report)
             return True
-        except PermanentFailure as error:
-            if not self.outcomes.fall_back(item, error, now, report):
-                self.outcomes.fail(session, item, error, now, report)
-        except RetryLater as error:
-            report.rate_limited += isinstance(error, RateLimited)
-            self.outcomes.retry(session, item, error, now, report)
-        except Exception as error:  # Ambiguous, or a sender bug: it may have gone out
-            level = logging.WARNING if isinstance(error, Ambiguous) else logging.ERROR
+        elif isinstance(answer, PermanentFailure):
+            if not self.outcomes.fall_back(item, answer, now, report):
+                self.outcomes.fail(session, item, answer, now, report)
+        elif isinstance(answer, RetryLater):
+            report.rate_limited += isinstance(answer, RateLimited)
+            self.outcomes.retry(session, item, answer, now, report)
+        else:  # Ambiguous, or a sender bug: it may have gone out
+            level = logging.WARNING if isinstance(answer, Ambiguous) else logging.ERROR
             log.log(
                 level,
                 "message %s to %s: outcome unknown (%s); will reconcile",
                 message.id,
                 mask_phone(item.patient.phone),
-                error,
-                exc_info=not isinstance(error, SendError),
+                answer,
+                exc_info=None if isinstance(answer, SendError) else answer,
             )
-            message.error_message = str(error)[:255]
+            message.error_message = str(answer)[:255]
             message.lease_until = now + self.outcomes.backoff(message.attempts)
             report.unresolved += 1
-        else:
-            report.sent += 1
-            if not self.outcomes.is_yearly(item):
-                return accepted
-            message.sid = accepted.sid
-            self.outcomes.finish(session, item, Status.QUEUED, now)
         return False
 
     def _throttle(self, report: PassReport, now: datetime) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import secrets
 import sys
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol, TextIO
@@ -68,17 +70,41 @@ class Ambiguous(SendError):
 
 
 class Sender(Protocol):
-    """Anything that can send one message and look up what it already sent."""
+    """Anything that can send a batch of messages and look up what it already sent."""
 
-    def send(self, message: Outgoing) -> Accepted: ...
+    def send_batch(self, messages: Sequence[Outgoing]) -> list[Accepted | Exception]:
+        """Send every message (concurrently, where the sender can) and return each one's
+        outcome in order: `Accepted`, a `SendError` kind, or any other exception (a
+        bug, treated as ambiguous). Never raises for one message's failure."""
+        ...
 
     def find_sent(self, to: str, channel: Channel, body: str | None, since: datetime) -> str | None:
         """The SID of a message sent to `to` since `since` with this body (any body when
         None: a template's text is Twilio's, not ours), if there is one."""
         ...
 
+    def close(self) -> None:
+        """Release connections and threads; the sender is not used again."""
+        ...
 
-class ConsoleSender:
+
+class OneByOne(ABC):
+    """A sender whose `send` takes one message at a time; a batch is sent in order."""
+
+    @abstractmethod
+    def send(self, message: Outgoing) -> Accepted: ...
+
+    def send_batch(self, messages: Sequence[Outgoing]) -> list[Accepted | Exception]:
+        outcomes: list[Accepted | Exception] = []
+        for message in messages:
+            try:
+                outcomes.append(self.send(message))
+            except Exception as error:
+                outcomes.append(error)
+        return outcomes
+
+
+class ConsoleSender(OneByOne):
     """Prints each message instead of sending it: the default without Twilio credentials.
 
     The body is printed (showing it is the point), the phone number is masked.
@@ -103,3 +129,6 @@ class ConsoleSender:
     def find_sent(self, to: str, channel: Channel, body: str | None, since: datetime) -> str | None:
         # The console keeps no history, and anything printed was printed once.
         return None
+
+    def close(self) -> None:
+        """Nothing to release: the console keeps no connections."""

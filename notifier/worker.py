@@ -45,7 +45,7 @@ def build_sender(settings: Settings) -> Sender:
         return ConsoleSender()
     from notifier.twilio_sender import TwilioSender
 
-    return TwilioSender(settings.twilio)
+    return TwilioSender(settings.twilio, concurrency=settings.dispatch_concurrency)
 
 
 def build_dispatcher(settings: Settings, engine: Engine) -> Dispatcher:

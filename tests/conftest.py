@@ -23,7 +23,7 @@ from notifier import create_app, migrate
 from notifier.db import make_engine
 from notifier.dispatch import Dispatcher
 from notifier.plan import load_plans
-from notifier.sending import Accepted, Outgoing, SendError
+from notifier.sending import Accepted, OneByOne, Outgoing, SendError
 from notifier.settings import Settings, TwilioSettings
 from webhooks.signature import sign
 
@@ -303,7 +303,7 @@ def twilio(client: Any) -> TwilioWebhooks:
 
 
 @dataclass
-class RecordingSender:
+class RecordingSender(OneByOne):
     """A sender that records what it was asked to send and can be told to fail."""
 
     sent: list[Outgoing] = field(default_factory=list)
@@ -312,6 +312,7 @@ class RecordingSender:
     failures: list[tuple[SendError, bool]] = field(default_factory=list)
     carrier_log: dict[str, Outgoing] = field(default_factory=dict)  # what the carrier has
     lookups: int = 0
+    closed: bool = False
 
     def fail_next(self, error: SendError, *, delivered_anyway: bool = False) -> None:
         self.failures.append((error, delivered_anyway))
@@ -340,6 +341,9 @@ class RecordingSender:
 
     def bodies_to(self, to: str) -> list[str]:
         return [m.body for m in self.sent if m.to == to]
+
+    def close(self) -> None:
+        self.closed = True
 
 
 @pytest.fixture

@@ -319,7 +319,7 @@ def test_connect_timeout_is_retry_later(make_sender):
     with port_that_never_accepts() as port:
         sender = make_sender(f"http://127.0.0.1:{port}")
 
-        with pytest.raises(RetryLater, match="ConnectTimeout"):
+        with pytest.raises(RetryLater, match="nothing sent"):
             sender.send(Outgoing(PATIENT, "sms", BODY))
 
 
@@ -401,7 +401,8 @@ def test_find_sent_reads_past_the_first_page(fake, sender):
 )
 def test_find_sent_failures_become_the_same_kinds(fake, sender, step, kind):
     # A failed list page surfaces from the SDK as a bare TwilioException, not a REST error.
-    fake.script([step], method="GET")
+    # aiohttp retries a GET once when a kept-alive connection drops: drop both tries.
+    fake.script([step, step] if step == "reset" else [step], method="GET")
 
     with pytest.raises(SendError) as failure:
         sender.find_sent(PATIENT, "sms", BODY, minute_ago())
@@ -414,13 +415,14 @@ def test_find_sent_failures_become_the_same_kinds(fake, sender, step, kind):
 
 def test_the_twilio_sdk_logs_no_phone_number_or_body(fake, sender, caplog):
     caplog.set_level(logging.DEBUG)
-    caplog.set_level(logging.DEBUG, logger="twilio.http_client")  # even if lowered again
+    for name in ("twilio.http_client", "twilio.async_http_client"):
+        caplog.set_level(logging.DEBUG, logger=name)  # even if lowered again
 
     sender.send(Outgoing(PATIENT, "sms", BODY, status_callback=CALLBACK))
     sender.send(Outgoing(PATIENT, "whatsapp", BODY))
     sender.find_sent(PATIENT, "whatsapp", BODY, minute_ago())
 
-    assert any(r.name.startswith("urllib3") for r in caplog.records)  # DEBUG is captured
+    assert any(r.levelno == logging.DEBUG for r in caplog.records)  # DEBUG is captured
     assert [r.getMessage() for r in caplog.records if r.name.startswith("twilio")] == []
     ours = " ".join(r.getMessage() for r in caplog.records if r.name.startswith("notifier"))
     assert "***4567" in ours

@@ -19,7 +19,7 @@ from sqlmodel import Session, select
 from notifier.dispatch import Dispatcher
 from notifier.models import Patient, Status
 from notifier.plan import load_plans
-from notifier.sending import Accepted, Outgoing, PermanentFailure, RetryLater
+from notifier.sending import Accepted, OneByOne, Outgoing, PermanentFailure, RetryLater
 from notifier.settings import Settings, TwilioSettings
 from notifier.twilio_sender import TwilioSender
 from notifier.whatsapp import UNDELIVERABLE_ON_WHATSAPP, Templates, load_templates
@@ -451,7 +451,7 @@ def test_without_sms_fallback_a_whatsapp_message_reported_undeliverable_stays_so
 
 
 @dataclass
-class KnownSidSender:
+class KnownSidSender(OneByOne):
     """Records like RecordingSender, but Twilio hands out SIDs the test chose."""
 
     recorder: RecordingSender
@@ -463,6 +463,9 @@ class KnownSidSender:
 
     def find_sent(self, to: str, channel: Any, body: str | None, since: datetime) -> str | None:
         return self.recorder.find_sent(to, channel, body or "", since)
+
+    def close(self) -> None:
+        self.recorder.close()
 
 
 @pytest.mark.parametrize("code", [63016])
