@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from notifier.sending import (
+    Accepted,
     Ambiguous,
     Outgoing,
     PermanentFailure,
@@ -66,8 +67,8 @@ def fake():
 def make_sender(fake):
     senders = []
 
-    def make(base_url: str | None = None, **overrides) -> TwilioSender:
-        sender = TwilioSender(settings_for(base_url or fake.base_url, **overrides))
+    def make(base_url: str | None = None, concurrency: int = 32, **overrides) -> TwilioSender:
+        sender = TwilioSender(settings_for(base_url or fake.base_url, **overrides), concurrency)
         senders.append(sender)
         return sender
 
@@ -263,6 +264,38 @@ def test_fake_rejects_wrong_credentials(fake):
     assert (response.status_code, response.json()["code"]) == (401, 20003)
     assert fake.violations != []
     assert fake.messages == []
+
+
+# --- a batch is in flight at once, within the concurrency ------------------------
+
+
+def test_a_batch_is_in_flight_at_once_but_never_more_than_the_concurrency():
+    with FakeTwilio(latency=0.2) as fake:
+        sender = TwilioSender(settings_for(fake.base_url), concurrency=4)
+        try:
+            outcomes = sender.send_batch(
+                [Outgoing(f"+97150123{n:04d}", "sms", f"{BODY} {n}") for n in range(10)]
+            )
+        finally:
+            sender.close()
+
+    assert fake.most_in_flight == 4
+    assert [o.sid for o in outcomes] == [  # each outcome in the order of its message
+        next(m.sid for m in fake.messages if m.body == f"{BODY} {n}") for n in range(10)
+    ]
+
+
+def test_one_failure_in_a_batch_is_that_messages_outcome_only(fake, make_sender):
+    sender = make_sender(concurrency=1)  # one at a time: the first message meets the fault
+    fake.script([("error", 400, 21211)])
+
+    first, second, third = sender.send_batch(
+        [Outgoing(PATIENT, "sms", f"{BODY} {n}") for n in range(3)]
+    )
+
+    assert isinstance(first, PermanentFailure) and first.code == 21211
+    assert isinstance(second, Accepted) and isinstance(third, Accepted)
+    assert [m.body for m in fake.messages] == [f"{BODY} 1", f"{BODY} 2"]
 
 
 # --- Twilio's errors become the sender's kinds --------------------------------

@@ -320,6 +320,8 @@ class FakeTwilio:
         self._violations: list[str] = []
         self._requests: list[RecordedRequest] = []
         self._scripts: dict[str, deque[Fault]] = {"POST": deque(), "GET": deque()}
+        self._in_flight = 0
+        self.most_in_flight = 0  # the most POSTs waiting for an answer at once
         self._stopping = threading.Event()
         self._port = port
         self._server: _Server | None = None
@@ -443,7 +445,14 @@ class FakeTwilio:
 
     def _create(self, params: dict[str, str]) -> Reply:
         fault = self._next_fault("POST")
-        self._wait(self.latency)
+        with self._lock:
+            self._in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self._in_flight)
+        try:
+            self._wait(self.latency)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
         kind = fault.kind if fault else ""
         if kind in ("429", "500", "error", "reset", "timeout_lost"):
             return self._failure(fault, params.get("To", ""))
