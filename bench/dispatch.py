@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -51,6 +52,7 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--batch", type=int, default=512, help="DISPATCH_BATCH_SIZE")
     group.add_argument("--workers", default="1,2", help="worker processes (PostgreSQL only >1)")
     group.add_argument("--naive", type=int, default=30, help="messages sent the naive way")
+    group.add_argument("--fakes", type=int, default=2, help="fake Twilio processes on one port")
     group.add_argument("--databases", default="sqlite,postgres")
 
 
@@ -70,7 +72,7 @@ class Outcome:
 def run(args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
     rates: dict[tuple[str, int], float] = {}
-    with fake_twilio(args.latency) as fake:
+    with fake_twilio(args.latency, args.fakes) as fake:
         for database in args.databases.split(","):
             for workers in (int(w) for w in args.workers.split(",")):
                 if database == "sqlite" and workers > 1:
@@ -110,8 +112,8 @@ def dispatch(url: str, fake: Fake, args: argparse.Namespace, workers: int) -> Ou
         if datetime.now(UTC) >= due:
             raise SystemExit("seeding and start-up took longer than the lead: raise LEAD")
         time.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()))
-        worker_cpu = sum(cpu_seconds(p.pid) for p in processes)
-        fake_cpu, (busy, total) = cpu_seconds(fake.pid), machine_busy_seconds()
+        worker_cpu = _cpu(p.pid for p in processes)
+        fake_cpu, (busy, total) = _cpu(fake.pids), machine_busy_seconds()
         queued = 0
         while queued < args.messages:
             time.sleep(0.05)
@@ -122,8 +124,8 @@ def dispatch(url: str, fake: Fake, args: argparse.Namespace, workers: int) -> Ou
                     select(func.count()).where(Message.status == Status.QUEUED)
                 ).scalar_one()
         seconds = (datetime.now(UTC) - due).total_seconds()
-        worker_cpu = sum(cpu_seconds(p.pid) for p in processes) - worker_cpu
-        fake_cpu = cpu_seconds(fake.pid) - fake_cpu
+        worker_cpu = _cpu(p.pid for p in processes) - worker_cpu
+        fake_cpu = _cpu(fake.pids) - fake_cpu
         busy_now, total_now = machine_busy_seconds()
         machine = (busy_now - busy) / (total_now - total)
     finally:
@@ -133,6 +135,10 @@ def dispatch(url: str, fake: Fake, args: argparse.Namespace, workers: int) -> Ou
             process.wait(timeout=60)
         engine.dispose()
     return Outcome(args.messages, seconds, worker_cpu, fake_cpu, machine)
+
+
+def _cpu(pids: Iterable[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
 
 
 def start_worker(url: str, base_url: str, args: argparse.Namespace) -> subprocess.Popen[bytes]:

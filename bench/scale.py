@@ -19,8 +19,9 @@ spread over the same 30 days.
 
 Worker memory is the peak RSS (VmHWM) of a real `aftercare worker` process with
 `DISPATCH_INTERVAL_SECONDS=0.2` after `--worker-seconds` of passes over the same
-database, read from /proc before it is stopped with SIGTERM (Linux only). No
-Twilio variables are passed, so it would use the console sender; nothing is due.
+database, read from /proc before it is stopped with SIGTERM (Linux only). It is
+configured for Twilio as in production (its async client, `DISPATCH_CONCURRENCY`
+512), pointed at a closed local port: nothing is due, so nothing is sent.
 
 `--explain` prints the plan of every query of an empty pass at each database's
 largest size: EXPLAIN (ANALYZE, BUFFERS) on PostgreSQL, EXPLAIN QUERY PLAN on
@@ -47,7 +48,7 @@ from sqlalchemy import select as core_select
 from sqlalchemy import update as core_update
 from sqlmodel import col
 
-from bench.support import ROOT, Row, fresh_database
+from bench.support import ROOT, SID, TOKEN, Row, fresh_database
 from notifier.db import make_engine
 from notifier.dispatch import Dispatcher
 from notifier.models import Message, Status, StatusCallback
@@ -269,7 +270,15 @@ def worker_peak_rss(url: str, seconds: float) -> float:
         for k, v in os.environ.items()
         if not k.startswith(("TWILIO_", "DISPATCH_", "DATABASE_", "WHATSAPP_"))
     }
-    env.update(DATABASE_URL=url, DISPATCH_INTERVAL_SECONDS="0.2")
+    env.update(
+        DATABASE_URL=url,
+        DISPATCH_INTERVAL_SECONDS="0.2",
+        DISPATCH_CONCURRENCY="512",
+        TWILIO_ACCOUNT_SID=SID,
+        TWILIO_AUTH_TOKEN=TOKEN,
+        TWILIO_SMS_FROM="+14155550100",
+        TWILIO_API_BASE_URL="http://127.0.0.1:9",  # discard: nothing is due
+    )
     with tempfile.TemporaryFile() as log:
         worker = subprocess.Popen(
             [AFTERCARE, "worker"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT

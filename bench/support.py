@@ -43,33 +43,32 @@ def print_table(rows: Sequence[Row]) -> None:
 @dataclass(frozen=True)
 class Fake:
     base_url: str
-    pid: int
+    pids: tuple[int, ...]
 
 
 @contextmanager
-def fake_twilio(latency: float) -> Iterator[Fake]:
-    """The loopback fake Twilio in its own process."""
-    fake = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.fake_twilio",
-            "--port",
-            "0",
-            "--latency",
-            str(latency),
-            "--no-validate",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert fake.stdout is not None
+def fake_twilio(latency: float, processes: int = 1) -> Iterator[Fake]:
+    """The loopback fake Twilio: `processes` processes sharing one port (SO_REUSEPORT),
+    so the fake is not what limits a benchmark."""
+    command = [sys.executable, "-m", "tests.support.fake_twilio", "--latency", str(latency)]
+    command += ["--no-validate", "--reuse-port"]
+    fakes: list[subprocess.Popen[str]] = []
     try:
-        yield Fake(fake.stdout.readline().split()[-1], fake.pid)
+        port = "0"
+        for _ in range(processes):
+            fake = subprocess.Popen(
+                [*command, "--port", port], cwd=ROOT, stdout=subprocess.PIPE, text=True
+            )
+            fakes.append(fake)
+            assert fake.stdout is not None
+            base_url = fake.stdout.readline().split()[-1]
+            port = base_url.rsplit(":", 1)[1]
+        yield Fake(base_url, tuple(f.pid for f in fakes))
     finally:
-        fake.terminate()
-        fake.communicate(timeout=10)
+        for fake in fakes:
+            fake.terminate()
+        for fake in fakes:
+            fake.communicate(timeout=10)
 
 
 @contextmanager

@@ -305,8 +305,10 @@ class FakeTwilio:
         validate: bool = True,
         spec: Path | None = None,
         clock: Callable[[], datetime] | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.clock = clock or (lambda: datetime.now(UTC))  # stamps date_created
+        self.reuse_port = reuse_port  # several processes may serve one port (benchmarks)
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.latency = latency
@@ -332,7 +334,7 @@ class FakeTwilio:
     def start(self) -> FakeTwilio:
         """Bind 127.0.0.1 (an ephemeral port unless one was given) and serve in a thread."""
         self._stopping.clear()
-        self._server = _Server(("127.0.0.1", self._port), self)
+        self._server = _Server(("127.0.0.1", self._port), self, reuse_port=self.reuse_port)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -599,8 +601,11 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 512  # many workers connect at once; the default 5 drops their SYNs
 
-    def __init__(self, address: tuple[str, int], fake: FakeTwilio) -> None:
+    def __init__(
+        self, address: tuple[str, int], fake: FakeTwilio, *, reuse_port: bool = False
+    ) -> None:
         self.fake = fake
+        self.allow_reuse_port = reuse_port
         self._open: set[socket.socket] = set()
         self._changed = threading.Condition()
         super().__init__(address, _Handler)
@@ -702,6 +707,7 @@ def main(argv: list[str] | None = None) -> None:
         faults=args.faults.split(","),
         seed=args.seed,
         validate=not args.no_validate,
+        reuse_port=args.reuse_port,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -727,6 +733,11 @@ def _arguments() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument(
         "--no-validate", action="store_true", help="skip the spec check (about 5 ms CPU a request)"
+    )
+    parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="let other fakes serve the same --port (each keeps its own messages)",
     )
     return parser
 
