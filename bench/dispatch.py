@@ -34,6 +34,7 @@ from bench.support import (
     fake_twilio,
     fresh_database,
     machine_busy_seconds,
+    peak_rss_mb,
     twilio_settings,
 )
 from notifier.models import Message, Status
@@ -63,6 +64,7 @@ class Outcome:
     worker_cpu: float  # CPU seconds, all workers together
     fake_cpu: float
     machine_busy: float  # share of all cores busy during the run
+    peak_rss_mb: float  # the largest worker's
 
     @property
     def rate(self) -> float:
@@ -100,6 +102,7 @@ def describe(outcome: Outcome, database: str, workers: int, count: int) -> list[
         (f"  worker CPU per message, {what}", f"{outcome.worker_cpu / count * 1000:.2f} ms"),
         (f"  fake Twilio CPU per message, {what}", f"{outcome.fake_cpu / count * 1000:.2f} ms"),
         (f"  machine busy (all cores), {what}", f"{outcome.machine_busy:.0%}"),
+        (f"  worker peak RSS, {what}", f"{outcome.peak_rss_mb:.0f} MB"),
     ]
 
 
@@ -128,13 +131,14 @@ def dispatch(url: str, fake: Fake, args: argparse.Namespace, workers: int) -> Ou
         fake_cpu = _cpu(fake.pids) - fake_cpu
         busy_now, total_now = machine_busy_seconds()
         machine = (busy_now - busy) / (total_now - total)
+        peak = max(peak_rss_mb(p.pid) for p in processes)
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
         for process in processes:
             process.wait(timeout=60)
         engine.dispose()
-    return Outcome(args.messages, seconds, worker_cpu, fake_cpu, machine)
+    return Outcome(args.messages, seconds, worker_cpu, fake_cpu, machine, peak)
 
 
 def _cpu(pids: Iterable[int]) -> float:

@@ -48,7 +48,7 @@ from sqlalchemy import select as core_select
 from sqlalchemy import update as core_update
 from sqlmodel import col
 
-from bench.support import ROOT, SID, TOKEN, Row, fresh_database
+from bench.support import ROOT, SID, TOKEN, Row, fresh_database, peak_rss_mb
 from notifier.db import make_engine
 from notifier.dispatch import Dispatcher
 from notifier.models import Message, Status, StatusCallback
@@ -288,7 +288,7 @@ def worker_peak_rss(url: str, seconds: float) -> float:
             if worker.poll() is not None:
                 log.seek(0)
                 raise SystemExit(f"scale suite: the worker exited:\n{log.read().decode()}")
-            status = Path(f"/proc/{worker.pid}/status").read_text()
+            peak = peak_rss_mb(worker.pid)
         finally:
             worker.send_signal(signal.SIGTERM)
             try:
@@ -296,5 +296,4 @@ def worker_peak_rss(url: str, seconds: float) -> float:
             except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait()
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    return int(fields["VmHWM"].split()[0]) / 1024
+    return peak
