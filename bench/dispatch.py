@@ -13,7 +13,6 @@ samples) runs against the same fake in the same run.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
@@ -26,8 +25,6 @@ from pathlib import Path
 from sqlalchemy import create_engine, func, select
 
 from bench.support import (
-    SID,
-    TOKEN,
     Fake,
     Row,
     cpu_seconds,
@@ -36,6 +33,7 @@ from bench.support import (
     machine_busy_seconds,
     peak_rss_mb,
     twilio_settings,
+    worker_env,
 )
 from notifier.models import Message, Status
 from notifier.sending import Outgoing
@@ -146,16 +144,7 @@ def _cpu(pids: Iterable[int]) -> float:
 
 
 def start_worker(url: str, base_url: str, args: argparse.Namespace) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": url,
-        "TWILIO_ACCOUNT_SID": SID,
-        "TWILIO_AUTH_TOKEN": TOKEN,
-        "TWILIO_SMS_FROM": "+14155550100",
-        "TWILIO_API_BASE_URL": base_url,
-        "DISPATCH_CONCURRENCY": str(args.concurrency),
-        "DISPATCH_BATCH_SIZE": str(args.batch),
-    }
+    env = worker_env(url, base_url, concurrency=str(args.concurrency), batch_size=str(args.batch))
     return subprocess.Popen([AFTERCARE, "worker"], env=env, stdout=subprocess.DEVNULL)
 
 

@@ -32,7 +32,6 @@ the dispatcher sends.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import statistics
 import subprocess
@@ -48,7 +47,7 @@ from sqlalchemy import select as core_select
 from sqlalchemy import update as core_update
 from sqlmodel import col
 
-from bench.support import ROOT, SID, TOKEN, Row, fresh_database, peak_rss_mb
+from bench.support import ROOT, Row, fresh_database, peak_rss_mb, worker_env
 from notifier.db import make_engine
 from notifier.dispatch import Dispatcher
 from notifier.models import Message, Status, StatusCallback
@@ -265,20 +264,8 @@ def print_plans(engine: Engine, dispatcher: Dispatcher) -> None:
 
 def worker_peak_rss(url: str, seconds: float) -> float:
     """Peak RSS (MB) of an `aftercare worker` after `seconds` of passes every 0.2 s."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("TWILIO_", "DISPATCH_", "DATABASE_", "WHATSAPP_"))
-    }
-    env.update(
-        DATABASE_URL=url,
-        DISPATCH_INTERVAL_SECONDS="0.2",
-        DISPATCH_CONCURRENCY="512",
-        TWILIO_ACCOUNT_SID=SID,
-        TWILIO_AUTH_TOKEN=TOKEN,
-        TWILIO_SMS_FROM="+14155550100",
-        TWILIO_API_BASE_URL="http://127.0.0.1:9",  # discard: nothing is due
-    )
+    # Configured for Twilio as in production, pointed at a port that discards: nothing is due.
+    env = worker_env(url, "http://127.0.0.1:9", interval_seconds="0.2", concurrency="512")
     with tempfile.TemporaryFile() as log:
         worker = subprocess.Popen(
             [AFTERCARE, "worker"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT

@@ -14,11 +14,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import psycopg
 from sqlalchemy.engine import make_url
 
 from notifier import migrate
 from notifier.settings import Settings, TwilioSettings
+from tests.support.postgres import admin_connection
 
 ROOT = Path(__file__).resolve().parent.parent
 SID, TOKEN = "AC" + "0123456789abcdef" * 2, "fake-twilio-auth-token-0123456789"
@@ -94,15 +94,7 @@ def fresh_database(kind: str) -> Iterator[str]:
 
 def admin(statement: str) -> None:
     """Run one statement on the PostgreSQL server's maintenance database."""
-    parts = make_url(POSTGRES)
-    with psycopg.connect(
-        host=parts.host,
-        port=parts.port or 5432,
-        user=parts.username,
-        password=parts.password,
-        dbname=parts.database,
-        autocommit=True,
-    ) as connection:
+    with admin_connection(POSTGRES) as connection:
         connection.execute(statement)
 
 
@@ -125,6 +117,26 @@ def machine_busy_seconds() -> tuple[float, float]:
     idle = values[3] + values[4]  # idle and iowait
     tick = os.sysconf("SC_CLK_TCK")
     return (sum(values) - idle) / tick, sum(values) / tick
+
+
+def worker_env(url: str, base_url: str, **dispatch: str) -> dict[str, str]:
+    """The environment of an `aftercare worker` on `url`, sending to the Twilio at
+    `base_url`: this shell's own Twilio, dispatch and database variables left out,
+    `dispatch` given as DISPATCH_<NAME> variables."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TWILIO_", "DISPATCH_", "DATABASE_", "WHATSAPP_"))
+    }
+    env.update(
+        DATABASE_URL=url,
+        TWILIO_ACCOUNT_SID=SID,
+        TWILIO_AUTH_TOKEN=TOKEN,
+        TWILIO_SMS_FROM="+14155550100",
+        TWILIO_API_BASE_URL=base_url,
+    )
+    env.update({f"DISPATCH_{name.upper()}": value for name, value in dispatch.items()})
+    return env
 
 
 def twilio_settings(base_url: str) -> TwilioSettings:

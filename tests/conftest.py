@@ -25,6 +25,7 @@ from notifier.dispatch import Dispatcher
 from notifier.plan import load_plans
 from notifier.sending import Accepted, OneByOne, Outgoing, SendError
 from notifier.settings import Settings, TwilioSettings
+from tests.support.postgres import admin_connection
 from webhooks.signature import sign
 
 SECRET = "test-booking-secret"
@@ -48,24 +49,11 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
-def _pg_admin(url: str) -> psycopg.Connection[Any]:
-    parts = make_url(url)
-    return psycopg.connect(
-        host=parts.host,
-        port=parts.port or 5432,
-        user=parts.username,
-        password=parts.password,
-        dbname=parts.database,
-        autocommit=True,
-        connect_timeout=3,
-    )
-
-
 @pytest.fixture(scope="session")
 def postgres_template() -> Iterator[str]:
     """A migrated PostgreSQL database to copy from; skipped only off CI."""
     try:
-        admin = _pg_admin(POSTGRES_URL)
+        admin = admin_connection(POSTGRES_URL)
     except psycopg.OperationalError as error:
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL is required in CI but unreachable at {POSTGRES_URL}: {error}")
@@ -84,10 +72,10 @@ def postgres_template() -> Iterator[str]:
 def postgres_url(postgres_template: str) -> Iterator[str]:
     """A fresh migrated PostgreSQL database for one test."""
     name = f"aftercare_t_{uuid.uuid4().hex[:12]}"
-    with _pg_admin(POSTGRES_URL) as admin:
+    with admin_connection(POSTGRES_URL) as admin:
         admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"')
     yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    with _pg_admin(POSTGRES_URL) as admin:
+    with admin_connection(POSTGRES_URL) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
