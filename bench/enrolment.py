@@ -19,26 +19,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import shlex
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import text
 
-from bench.support import ROOT, Row, fresh_database
+from bench.support import Row, fresh_database, gunicorn
 from notifier.db import make_engine
 from webhooks.signature import TOLERANCE_SECONDS, sign
 
@@ -134,7 +127,17 @@ def run(args: argparse.Namespace) -> list[Row]:
         with fresh_database(database) as url, tempfile.TemporaryDirectory() as scratch:
             work = Path(scratch)
             secret = secrets.token_hex(16)
-            with gunicorn(url, secret, args, work) as base_url:
+            options = [
+                "--workers",
+                str(args.enrolment_workers),
+                "--worker-class",
+                args.enrolment_worker_class,
+                "--threads",
+                str(args.enrolment_worker_threads),
+                *shlex.split(args.enrolment_gunicorn_options),
+            ]
+            env = {"DATABASE_URL": url, "BOOKING_WEBHOOK_SECRET": secret}
+            with gunicorn(env, options, work / "gunicorn.log") as base_url:
                 if args.enrolment_warmup > 0:
                     load(
                         wrk,
@@ -193,70 +196,6 @@ def treatments(url: str, prefix: str) -> int:
     finally:
         engine.dispose()
     return int(found)
-
-
-# -- the server ---------------------------------------------------------------
-
-
-@contextmanager
-def gunicorn(url: str, secret: str, args: argparse.Namespace, work: Path) -> Iterator[str]:
-    """gunicorn serving `notifier:create_app()` (no dispatcher) on loopback; its base URL."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "WEB_CONCURRENCY"))}
-    env.update(DATABASE_URL=url, BOOKING_WEBHOOK_SECRET=secret)
-    log = work / "gunicorn.log"
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        str(args.enrolment_workers),
-        "--worker-class",
-        args.enrolment_worker_class,
-        "--threads",
-        str(args.enrolment_worker_threads),
-        "--access-logfile",
-        "-",
-        *shlex.split(args.enrolment_gunicorn_options),
-        "notifier:create_app()",
-    ]
-    with log.open("wb") as output:
-        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=output)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(server, base_url, log)
-        yield base_url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _wait_ready(server: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            tail = log.read_text(errors="replace").splitlines()[-10:]
-            raise SystemExit("enrolment suite: gunicorn did not start:\n" + "\n".join(tail))
-        try:
-            with urllib.request.urlopen(f"{base_url}/healthz", timeout=2) as answer:  # noqa: S310
-                if answer.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.2)
-    raise SystemExit("enrolment suite: gunicorn did not answer /healthz within 60 s")
 
 
 # -- the load -------------------------------------------------------------------

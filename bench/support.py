@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -134,6 +138,7 @@ def worker_env(url: str, base_url: str, **dispatch: str) -> dict[str, str]:
         TWILIO_AUTH_TOKEN=TOKEN,
         TWILIO_SMS_FROM="+14155550100",
         TWILIO_API_BASE_URL=base_url,
+        PUBLIC_BASE_URL="https://aftercare.example.org",
     )
     env.update({f"DISPATCH_{name.upper()}": value for name, value in dispatch.items()})
     return env
@@ -157,3 +162,54 @@ def settings_for(url: str, base_url: str, concurrency: int) -> Settings:
         dispatch_concurrency=concurrency,
         dispatch_batch_size=max(200, concurrency),
     )
+
+
+@contextmanager
+def gunicorn(
+    env: dict[str, str], options: Sequence[str], log: Path, port: int | None = None
+) -> Iterator[str]:
+    """gunicorn serving `notifier:create_app()` (the web app alone, as the Procfile's
+    `web` line) on loopback with `env` over this shell's environment less its Twilio
+    settings; its base URL once /healthz answers."""
+    port = port or free_port()
+    server_env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "WEB_CONCURRENCY"))
+    }
+    server_env.update(env)
+    command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"]
+    command += ["--access-logfile", "-", *options, "notifier:create_app()"]
+    with log.open("wb") as output:
+        server = subprocess.Popen(command, cwd=ROOT, env=server_env, stdout=output, stderr=output)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(server, base_url, log)
+        yield base_url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_ready(server: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            tail = log.read_text(errors="replace").splitlines()[-10:]
+            raise SystemExit("gunicorn did not start:\n" + "\n".join(tail))
+        try:
+            with urllib.request.urlopen(f"{base_url}/healthz", timeout=2) as answer:  # noqa: S310
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise SystemExit("gunicorn did not answer /healthz within 60 s")

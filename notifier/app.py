@@ -9,18 +9,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from flask import Flask, current_app, jsonify
+from flask.logging import default_handler as flask_log_handler
 from flask.typing import ResponseReturnValue
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from notifier.db import make_engine
+from notifier.keywords import Keywords, load_keywords
 from notifier.outbox import Clinic
 from notifier.plan import Plan, PlanError, load_plans
-from notifier.privacy import PhoneMaskingFilter
+from notifier.privacy import GUNICORN_LOGGERS, mask_handlers
 from notifier.settings import ConfigError, Settings
 from notifier.whatsapp import Templates, load_whatsapp_templates
 
 MAX_BODY_BYTES = 64 * 1024
+log = logging.getLogger(__name__)
 BOOT_ERROR = 3  # gunicorn halts, rather than respawning, on a worker exiting with 3
 
 Clock = Callable[[], datetime]
@@ -36,6 +40,7 @@ class Services:
     engine: Engine
     plans: dict[str, Plan]
     templates: Templates
+    keywords: Keywords
     clock: Clock
 
     @property
@@ -61,22 +66,34 @@ def create_app(
 
 def _build(settings: Settings, engine: Engine | None, clock: Clock) -> Flask:
     from webhooks import booking, health, staff, twilio
+    from webhooks.encoding import refuse_unstorable_url
 
     install_log_masking()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    if settings.trust_forwarded_headers:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        # One proxy hop's X-Forwarded-For/-Proto/-Host/-Port make request.url the URL
+        # Twilio called (and signed); a client's own X-Forwarded-Prefix is ignored.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=0
+        )
     plans = load_plans(settings.plans_dir)
     app.extensions["aftercare"] = Services(
         settings=settings,
         engine=engine or make_engine(settings.database_url),
         plans=plans,
         templates=load_whatsapp_templates(settings, plans),
+        keywords=load_keywords(settings.keywords_file, plans),
         clock=clock,
     )
     for blueprint in (booking.bp, twilio.bp, staff.bp, health.bp):
         app.register_blueprint(blueprint)
+    app.before_request(refuse_unstorable_url)  # 400, before a database could refuse it
     app.register_error_handler(HTTPException, _json_error)
+    app.register_error_handler(OperationalError, _database_unavailable)
     return app
 
 
@@ -87,15 +104,26 @@ def services() -> Services:
 
 
 def install_log_masking() -> None:
-    """Mask phone numbers on every root handler (a safety net under explicit masking)."""
+    """Mask phone numbers and database values, tracebacks included, on every handler that
+    writes logs (a safety net under explicit masking): the root's (APScheduler's job
+    errors and the app's own), Flask's, and gunicorn's error and access logs, which
+    gunicorn has set up before it loads the app in a worker."""
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-    for handler in root.handlers:
-        if not any(isinstance(f, PhoneMaskingFilter) for f in handler.filters):
-            handler.addFilter(PhoneMaskingFilter())
+    mask_handlers([*root.handlers, flask_log_handler])
+    for name in GUNICORN_LOGGERS:
+        mask_handlers(logging.getLogger(name).handlers)
+
+
+def _database_unavailable(error: OperationalError) -> ResponseReturnValue:
+    """The database was unreachable, or busy past its timeout: 503 and "try again", not
+    a 500 (nothing was stored; a retry is safe)."""
+    log.error("database unavailable: %s", type(error.orig).__name__, exc_info=error)
+    answer = {"error": "Service Unavailable", "message": "the database is busy or unreachable"}
+    return jsonify(answer), 503, {"Retry-After": "5"}
 
 
 def _json_error(error: HTTPException) -> ResponseReturnValue:

@@ -1,4 +1,5 @@
-"""The `aftercare` command: run, worker, dispatch, db upgrade, plan check/preview."""
+"""The `aftercare` command: run, worker, dispatch, queue, db upgrade, plan check/preview,
+booking post."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
@@ -18,6 +21,9 @@ import click
 
 from notifier import migrate
 from notifier.db import make_engine
+from notifier.dispatch import Dispatcher
+from notifier.keywords import KeywordError, load_keywords
+from notifier.outcome import PassReport
 from notifier.plan import PlanError, load_plans
 from notifier.preview import render_preview
 from notifier.queue import queue_state
@@ -26,6 +32,17 @@ from notifier.whatsapp import load_whatsapp_templates
 from notifier.worker import WorkerLockError, build_dispatcher, run_worker, single_worker_lock
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_MAX_SECONDS = 600  # `aftercare dispatch` starts no pass after this long
+# The longest `aftercare dispatch` waits at once for Twilio's rate-limit pause to end
+# (the dispatcher's pause is at most 10 s); it then looks again.
+THROTTLE_WAIT_SECONDS = 10.0
+
+console_option = click.option(
+    "--console",
+    is_flag=True,
+    help="Without Twilio credentials, print each message instead of sending it (on purpose).",
+)
 
 
 def clear_errors(command: F) -> F:
@@ -50,6 +67,9 @@ def clear_errors(command: F) -> F:
 @click.group()
 def main() -> None:
     """Aftercare Notifier: texts patients their aftercare instructions on time."""
+    from notifier.app import install_log_masking
+
+    install_log_masking()  # every command: a phone number in any log line is masked
 
 
 @main.command()
@@ -63,7 +83,7 @@ def run(host: str, port: int) -> None:
     from notifier.server import serve
 
     settings = Settings.from_env()
-    load_plans(settings.plans_dir)
+    load_keywords(settings.keywords_file, load_plans(settings.plans_dir))
     migrate.upgrade(settings.database_url)
     with single_worker_lock(settings.database_url):
         pass  # fail now, clearly, if a separate worker already holds the SQLite database
@@ -73,31 +93,107 @@ def run(host: str, port: int) -> None:
 
 
 @main.command()
+@console_option
 @clear_errors
-def worker() -> None:
+def worker(console: bool) -> None:
     """The dispatcher loop alone (APScheduler), every DISPATCH_INTERVAL_SECONDS."""
-    from notifier.app import install_log_masking
-
-    install_log_masking()
     settings = Settings.from_env()
+    _check_sender(settings, console=console)
     migrate.ensure_current(settings.database_url)
     run_worker(settings, make_engine(settings.database_url))
 
 
 @main.command()
+@click.option(
+    "--max-seconds",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_SECONDS,
+    show_default=True,
+    help="Start no pass after this long, even if more is due.",
+)
+@console_option
 @clear_errors
-def dispatch() -> None:
-    """One dispatch pass now, then exit, printing what it did."""
+def dispatch(max_seconds: int, console: bool) -> None:
+    """Send everything due now, pass after pass, then exit, printing what it did."""
     settings = Settings.from_env()
+    _check_sender(settings, console=console)
     migrate.ensure_current(settings.database_url)
     engine = make_engine(settings.database_url)
     with single_worker_lock(settings.database_url):
         dispatcher = build_dispatcher(settings, engine)
         try:
-            report = dispatcher.run_pass(datetime.now(UTC))
+            run = dispatch_until_done(dispatcher, max_seconds)
         finally:
             dispatcher.close()
-    click.echo(f"dispatch: {report.summary()}")
+    click.echo(f"dispatch: {run.summary()}")
+
+
+@dataclass
+class DispatchRun:
+    """What one `aftercare dispatch` did: its passes' reports added up."""
+
+    report: PassReport
+    passes: int
+    seconds: float
+    finished: bool  # False: --max-seconds ran out while more may have been due
+    max_seconds: float
+
+    def summary(self) -> str:
+        passes = "1 pass" if self.passes == 1 else f"{self.passes} passes"
+        line = f"{self.report.summary()} ({passes} in {self.seconds:.1f} s)"
+        if not self.finished:
+            line += f"; stopped after --max-seconds {self.max_seconds:g}: more may be due"
+        return line
+
+
+def dispatch_until_done(
+    dispatcher: Dispatcher,
+    max_seconds: float,
+    *,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    monotonic: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> DispatchRun:
+    """Passes until one finds nothing more due now, or until `max_seconds` have gone.
+
+    A full claim means more may be due; a rate-limited pass leaves messages due, so
+    the run waits out Twilio's pause (never past the deadline) and goes on."""
+    start, total, passes = monotonic(), PassReport(), 0
+    while True:
+        report = dispatcher.run_pass(clock())
+        total.absorb(report)
+        passes += 1
+        elapsed = monotonic() - start
+        more = report.more or report.throttled or report.rate_limited > 0
+        if more and elapsed >= max_seconds:
+            return DispatchRun(total, passes, elapsed, False, max_seconds)
+        wait = _throttle_wait(dispatcher, clock()) if report.throttled else 0.0
+        if not more or wait is None:
+            return DispatchRun(total, passes, elapsed, True, max_seconds)
+        if wait > 0:
+            sleep(min(wait, max_seconds - elapsed))
+
+
+def _throttle_wait(dispatcher: Dispatcher, now: datetime) -> float | None:
+    """Seconds until the next pass can claim (None: nothing is scheduled at all)."""
+    wake = dispatcher.next_pass_at()
+    if wake is None:
+        return None
+    return min(max((wake - now).total_seconds(), 0.0), THROTTLE_WAIT_SECONDS)
+
+
+def _check_sender(settings: Settings, *, console: bool) -> None:
+    """A worker without Twilio credentials marks messages queued that nobody receives:
+    it runs only when asked for the console explicitly."""
+    if settings.twilio is None and not console:
+        raise click.ClickException(
+            "no Twilio credentials (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN): messages would "
+            "only be printed; set them, or pass --console to print them on purpose"
+        )
+    if settings.twilio is not None and console:
+        raise click.ClickException(
+            "--console: Twilio credentials are set, so messages go to Twilio; drop --console"
+        )
 
 
 @main.command()
@@ -145,11 +241,19 @@ def plan() -> None:
 )
 @clear_errors
 def check(directory: Path | None) -> None:
-    """Validate every plan file, and the WhatsApp template mapping against them."""
+    """Validate every plan file, and the keyword file and WhatsApp template mapping
+    against them."""
     settings = Settings.from_env()
     plans = load_plans(directory or settings.plans_dir)
     for kind, item in sorted(plans.items()):
         click.echo(f"ok  {kind}: {len(item.steps)} steps, languages {', '.join(item.languages)}")
+    try:
+        keywords = load_keywords(settings.keywords_file, plans)
+    except KeywordError as error:  # each line names the file: no "plan error" heading
+        raise click.ClickException(str(error)) from None
+    counts = Counter(lang for word in keywords.words.values() for lang in word.languages)
+    per_language = ", ".join(f"{lang} {counts[lang]}" for lang in keywords.answers)
+    click.echo(f"ok  keywords ({keywords.source}): words per language {per_language}")
     templates = load_whatsapp_templates(settings, plans)
     source = settings.whatsapp_templates_file
     found = f"{len(templates.by_step)} templates" if source.exists() else "no file: SMS fallback"

@@ -46,23 +46,28 @@ def set_booking_consent(
         hold_pending(session, patient, now)
 
 
-def opt_out(session: Session, patient: Patient, source: Source, now: datetime) -> None:
-    """The patient asked to stop: hold everything pending, send nothing more."""
+def opt_out(
+    session: Session, patient: Patient, source: Source, now: datetime, by: str | None = None
+) -> None:
+    """The patient asked to stop: hold everything pending, send nothing more. `by` names
+    the staff member who recorded it, for `Source.STAFF`."""
     if patient.opted_out:
         return
     patient.opted_out = True
     session.add(patient)
-    _log(session, patient, False, source, now)
+    _log(session, patient, False, source, now, by)
     hold_pending(session, patient, now)
 
 
-def opt_in(session: Session, patient: Patient, source: Source, now: datetime) -> None:
+def opt_in(
+    session: Session, patient: Patient, source: Source, now: datetime, by: str | None = None
+) -> None:
     """The patient asked to resume: held messages still valid are scheduled again."""
     if not patient.opted_out:
         return
     patient.opted_out = False
     session.add(patient)
-    _log(session, patient, True, source, now)
+    _log(session, patient, True, source, now, by)
     if patient.consented:
         resume_held(session, patient, now)
 
@@ -102,8 +107,30 @@ def message_window(message: Message) -> Window:
     return Window(time(*divmod(message.window_start, 60)), time(*divmod(message.window_end, 60)))
 
 
+def opted_out_by_the_patient(session: Session, patient: Patient) -> bool:
+    """Whether the patient's opt-out is their own (a STOP keyword, or Twilio's 21610 for
+    a STOP sent to Twilio): only the patient can lift it, by texting START."""
+    if not patient.opted_out:
+        return False
+    latest = session.exec(
+        select(ConsentChange.source)
+        .where(ConsentChange.patient_id == patient.id, col(ConsentChange.consented).is_(False))
+        .where(col(ConsentChange.source).in_([Source.KEYWORD, Source.TWILIO_21610, Source.STAFF]))
+        .order_by(col(ConsentChange.at).desc(), col(ConsentChange.id).desc())
+        .limit(1)
+    ).first()
+    return latest in (Source.KEYWORD, Source.TWILIO_21610)
+
+
 def _log(
-    session: Session, patient: Patient, consented: bool, source: Source, now: datetime
+    session: Session,
+    patient: Patient,
+    consented: bool,
+    source: Source,
+    now: datetime,
+    by: str | None = None,
 ) -> None:
     assert patient.id is not None
-    session.add(ConsentChange(patient_id=patient.id, at=now, consented=consented, source=source))
+    session.add(
+        ConsentChange(patient_id=patient.id, at=now, consented=consented, source=source, by=by)
+    )

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, create_engine, event
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session
 
@@ -38,15 +41,25 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 def make_engine(url: str) -> Engine:
-    """An engine tuned for the service: WAL and a busy timeout on SQLite."""
+    """An engine tuned for the service: WAL, a busy timeout and explicit BEGINs on SQLite.
+
+    SQL parameters are never put into error messages (`hide_parameters`): they carry
+    phone numbers, names and message texts, and errors end up in logs."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True
+    )
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    # The driver's own implicit BEGIN is turned off: `_sqlite_begin` says which kind.
+    connection.isolation_level = None
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -54,13 +67,96 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_begin(connection: Connection) -> None:
+    """A writing transaction takes SQLite's write lock when it starts (BEGIN IMMEDIATE):
+    one that read first and then tried to write could only fail with "database is
+    locked" when another writer got in between. Reads begin deferred and never wait."""
+    immediate = connection.get_execution_options().get(_WRITES, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+_WRITES = "aftercare_writes"
+_WRITE_LOCKS: dict[str, threading.RLock] = {}
+_WRITERS: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+_WRITE_LOCKS_GUARD = threading.Lock()
+WRITE_LOCK_TIMEOUT = 30.0  # seconds, as SQLite's busy timeout
+
+
+class DatabaseBusy(OperationalError):
+    """No write transaction could start in time: another one held the database."""
+
+
+@contextmanager
+def _one_writer(engine: Engine) -> Iterator[Engine]:
+    """On SQLite, the threads of a process take turns to write, in a Python lock.
+
+    SQLite lets one writer in at a time; the others sleep in its busy handler, which
+    polls with growing sleeps and lets a lucky newcomer overtake a writer that has
+    waited for a second. Waiting in a lock instead hands the database to the next
+    writer as soon as the last one commits. Other processes still meet in SQLite's
+    own lock (BEGIN IMMEDIATE waits there up to the busy timeout)."""
+    if engine.dialect.name != "sqlite":
+        yield engine
+        return
+    with _WRITE_LOCKS_GUARD:
+        lock = _WRITE_LOCKS.setdefault(str(engine.url.database), threading.RLock())
+        writer = _WRITERS.get(engine)
+        if writer is None:
+            writer = _WRITERS[engine] = engine.execution_options(**{_WRITES: True})
+    if not lock.acquire(timeout=WRITE_LOCK_TIMEOUT):
+        raise DatabaseBusy("waiting for another write", None, Exception("write lock timeout"))
+    try:
+        yield writer
+    finally:
+        lock.release()
+
+
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Session]:
-    """A session whose work commits together, or not at all."""
-    with Session(engine, expire_on_commit=False) as session:
+    """A session whose work commits together, or not at all: the way to write.
+
+    It holds no lock beyond itself, so nothing slow (a request to Twilio) may happen
+    inside one."""
+    with _one_writer(engine) as writer, Session(writer, expire_on_commit=False) as session:
         try:
             yield session
             session.commit()
         except BaseException:
             session.rollback()
             raise
+
+
+def reading(engine: Engine) -> Session:
+    """A session for reads only: on SQLite it never waits for, or blocks, a writer."""
+    return Session(engine, expire_on_commit=False)
+
+
+T = TypeVar("T")
+
+
+def retrying(engine: Engine, work: Callable[[Session], T]) -> T:
+    """Run `work` in a transaction; if it collides with a concurrent one (a unique key
+    taken in the meantime, a deadlock, a serialization failure), run it once more.
+
+    Booking systems and Twilio retry, sometimes into two processes at the same
+    moment: the second try sees what the first committed and does nothing twice."""
+    try:
+        with transaction(engine) as session:
+            return work(session)
+    except DBAPIError as error:
+        if not is_collision(error):
+            raise
+    with transaction(engine) as session:
+        return work(session)
+
+
+# SQLSTATEs of a transaction that lost to a concurrent one: unique violation,
+# serialization failure, deadlock detected.
+_COLLISIONS = {"23505", "40001", "40P01"}
+
+
+def is_collision(error: DBAPIError) -> bool:
+    """Whether `error` says another transaction got there first (worth one more try)."""
+    if isinstance(error, IntegrityError) and "UNIQUE constraint failed" in str(error.orig):
+        return True  # SQLite's unique violation
+    return getattr(error.orig, "sqlstate", None) in _COLLISIONS

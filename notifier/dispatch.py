@@ -1,11 +1,12 @@
 """One dispatch pass: expire, recover, claim, re-check, send, record.
 
-Database work happens on the pass's own thread; the sender sends a batch at once
-(concurrently, see `notifier.twilio_sender`) inside one transaction that locks
-out opt-outs (see `Dispatcher._send`), and what becomes of each message is
-`notifier.outcome`'s business. A claimed row carries a lease: if its worker dies, or Twilio's
-answer was ambiguous, the row is reconciled against Twilio's message list once
-the lease runs out, and re-sent only if Twilio has no such message.
+No transaction is open while a request to Twilio is in flight: a pass claims due
+rows in one short transaction, re-reads consent, treatment and window for them in
+another, sends them outside any (concurrently, see `notifier.twilio_sender`), and
+records what became of each in a third (`notifier.outcome`). A claimed row carries
+a lease: if its worker dies, or Twilio's answer was ambiguous, the row is
+reconciled against Twilio's message list once the lease runs out, and re-sent
+only if Twilio has no such message that another row has not already adopted.
 """
 
 from __future__ import annotations
@@ -16,19 +17,22 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, bindparam
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, func, select, update
 
 from notifier import consent, delivery
-from notifier.db import transaction
-from notifier.models import Message, Patient, Status, Treatment, TreatmentStatus
+from notifier.db import reading, transaction
+from notifier.models import Message, Patient, Status, Treatment
 from notifier.outbox import Clinic
 from notifier.outcome import Claimed, Outcomes, PassReport, retry_delay
 from notifier.plan import Plan
 from notifier.privacy import mask_phone
+from notifier.redaction import Redactor
 from notifier.routing import Router
 from notifier.sending import (
     Accepted,
     Ambiguous,
+    Lookup,
     Outgoing,
     PermanentFailure,
     RateLimited,
@@ -36,6 +40,7 @@ from notifier.sending import (
     RetryLater,
     Sender,
     SendError,
+    as_channel,
 )
 from notifier.settings import Settings
 from notifier.whatsapp import Templates
@@ -81,12 +86,12 @@ class Dispatcher:
         # After Twilio said "too many requests", no new claims until then.
         self.throttled_until: datetime | None = None
         self.throttle_streak = 0
-        self.max_claim = settings.dispatch_batch_size
-        if engine.dialect.name == "sqlite":
-            # The send transaction holds SQLite's write lock: one round of parallel sends
-            # per batch keeps it to about one Twilio timeout, well inside busy_timeout.
-            self.max_claim = min(self.max_claim, settings.dispatch_concurrency)
+        # Every request of a pass starts at once, right after consent was re-read: a
+        # claim never holds more than the sender has slots for. A backlog is drained
+        # pass after pass (the worker and `aftercare dispatch` loop while claims are full).
+        self.max_claim = min(settings.dispatch_batch_size, settings.dispatch_concurrency)
         self.claim_limit = self.max_claim
+        self.redactor = Redactor(engine, self.max_claim, self.lease, self.outcomes.backoff)
 
     def close(self) -> None:
         """Close the sender: the dispatcher is not used again."""
@@ -99,6 +104,7 @@ class Dispatcher:
         if self.throttled_until is not None and now < self.throttled_until:
             report.throttled = True
             return report
+        report.redacted = self.redactor.run(now, self.sender)
         ids = self._claim(now)
         report.claimed, report.more = len(ids), len(ids) >= self.claim_limit
         if ids:
@@ -115,7 +121,7 @@ class Dispatcher:
     def next_pass_at(self) -> datetime | None:
         """When a pass next has something to do: the next message due, or the end of a
         rate-limit pause if that comes later; None if nothing is scheduled."""
-        with transaction(self.engine) as session:
+        with reading(self.engine) as session:
             due = session.exec(
                 select(func.min(Message.send_at)).where(col(Message.status) == Status.SCHEDULED)
             ).one()
@@ -153,51 +159,99 @@ class Dispatcher:
                 return
 
     def _recover(self, now: datetime, report: PassReport) -> None:
-        """Rows whose lease ran out may or may not have been sent: ask Twilio first."""
+        """Rows whose lease ran out may or may not have been sent: ask Twilio first.
+
+        The rows are taken under a new lease (each recovery counts as an attempt, so
+        a row that can never be settled still ends `failed`), Twilio is asked about
+        all of them at once outside any transaction, and each is settled on its own:
+        one that cannot be stays for a later pass without stopping the others."""
+        lease = now + self.lease
         with transaction(self.engine) as session:
             stuck = self._load(
                 session,
-                (
-                    col(Message.status) == Status.SENDING,
-                    col(Message.lease_until) <= now,
-                ),
+                (col(Message.status) == Status.SENDING, col(Message.lease_until) <= now),
                 lock=True,
+                limit=self.max_claim,
             )
-            for item in stuck:  # take the row for ourselves before the slow look-up
-                item.message.lease_until = now + self.lease
-                session.add(item.message)
-        for item in stuck:
-            self._reconcile(item, now, report)
-
-    def _reconcile(self, item: Claimed, now: datetime, report: PassReport) -> None:
-        message, patient = item.message, item.patient
-        since = (message.claimed_at or message.created_at) - RECONCILE_SKEW
-        try:
-            sid = (
-                self.sender.find_sent(
-                    patient.phone,
-                    message.channel,  # type: ignore[arg-type]
-                    None if message.content_sid else message.body,
-                    since,
+            ids = [item.message.id for item in stuck]
+            if ids:
+                session.exec(
+                    update(Message)
+                    .where(col(Message.id).in_(ids))
+                    .values(lease_until=lease, updated_at=now, attempts=col(Message.attempts) + 1)
                 )
-                if patient.phone
-                else None
-            )
-        except SendError as error:
-            log.warning("message %s: cannot reconcile yet (%s)", message.id, error)
+        if not stuck:
             return
+        answers = self._look_up(stuck)
         with transaction(self.engine) as session:
-            session.add(message)
-            if sid is not None:
-                message.sid = sid
-                self.outcomes.finish(session, item, Status.QUEUED, now)
-                report.adopted += 1
-            elif message.attempts >= self.settings.max_attempts:
-                self.outcomes.finish(session, item, Status.FAILED, now)
-                report.failed += 1
-            else:
-                message.status, message.send_at, message.updated_at = Status.SCHEDULED, now, now
-                report.retrying += 1
+            fresh = {item.message.id: item for item in self._owned(session, ids, lease)}
+            adopted: set[str] = set()
+            for item, answer in zip(stuck, answers, strict=True):
+                current = fresh.get(item.message.id)
+                if current is None:
+                    continue
+                try:
+                    with session.begin_nested():
+                        self._reconcile(session, current, answer, adopted, now, report)
+                except SQLAlchemyError as error:
+                    log.warning(
+                        "message %s: cannot settle its recovery yet (%s)",
+                        item.message.id,
+                        type(error).__name__,
+                    )
+
+    def _look_up(self, stuck: Sequence[Claimed]) -> list[list[str] | Exception]:
+        """Twilio's outbound messages matching each stuck row since its claim (none for
+        a patient without a number any more), all asked at once."""
+        lookups: dict[int, Lookup] = {}
+        for index, item in enumerate(stuck):
+            message, phone = item.message, item.patient.phone
+            if phone is not None:
+                since = (message.claimed_at or message.created_at) - RECONCILE_SKEW
+                body = None if message.content_sid else message.body
+                lookups[index] = Lookup(phone, as_channel(message.channel), body, since)
+        found = dict(zip(lookups, self.sender.find_batch(list(lookups.values())), strict=True))
+        return [found.get(index, []) for index in range(len(stuck))]
+
+    def _reconcile(
+        self,
+        session: Session,
+        item: Claimed,
+        answer: list[str] | Exception,
+        adopted: set[str],
+        now: datetime,
+        report: PassReport,
+    ) -> None:
+        """Adopt the newest matching message no other row holds; else send again (or
+        give up after DISPATCH_MAX_ATTEMPTS). Two patients sharing a number can be
+        sent the same text at the same moment: each row adopts a message of its own."""
+        message = item.message
+        session.add(message)
+        exhausted = message.attempts >= self.settings.max_attempts
+        if isinstance(answer, Exception):
+            log.warning("message %s: cannot reconcile yet (%s)", message.id, answer)
+            if not exhausted:
+                message.lease_until = now + self.outcomes.backoff(message.attempts)
+                report.unresolved += 1
+                return
+            message.error_message = f"not known whether Twilio sent it: {answer}"[:255]
+            self.outcomes.finish(session, item, Status.FAILED, now)
+            report.failed += 1
+            return
+        held = set(session.exec(select(Message.sid).where(col(Message.sid).in_(answer))).all())
+        sid = next((s for s in answer if s not in held and s not in adopted), None)
+        if sid is not None:
+            message.sid = sid
+            adopted.add(sid)
+            self.outcomes.finish(session, item, Status.QUEUED, now)
+            report.adopted += 1
+        elif exhausted:
+            self.outcomes.finish(session, item, Status.FAILED, now)
+            report.failed += 1
+        else:
+            message.status, message.send_at, message.updated_at = Status.SCHEDULED, now, now
+            message.lease_until = None
+            report.retrying += 1
 
     def _claim(self, now: datetime) -> list[int]:
         """Take due rows under a lease: their ids, then one UPDATE of them all.
@@ -234,28 +288,65 @@ class Dispatcher:
     def _send(self, ids: Sequence[int], now: datetime, report: PassReport) -> list[Claimed]:
         """Send a claimed batch; returns the messages Twilio refused as opted out (21610).
 
-        The whole batch runs in one transaction that first locks out opt-outs: on
-        SQLite its first statement takes the database's write lock, on PostgreSQL the
-        patients are read FOR SHARE. A STOP therefore cannot commit while these sends
-        are in flight, and consent is re-read after any STOP that committed before:
-        no message is sent after an opt-out is committed.
-        """
-        refused: list[Claimed] = []
-        queued: list[dict[str, object]] = []  # the common outcome, written in one statement
+        Consent, treatment and window are re-read in a short transaction that commits
+        just before the requests start; none is open while they are in flight, so
+        webhooks never wait on Twilio. A STOP that commits after that re-read cannot
+        stop a request that is already starting: a message goes out after a STOP only
+        if its request had started when the STOP committed (one Twilio round trip at
+        most). Everything after it is held."""
+        lease = now + self.lease
         with transaction(self.engine) as session:
-            batch = self._lock_out_opt_outs(session, ids, now)
-            ready = self._recheck(session, batch, now, report)
-            answers = self.sender.send_batch([outgoing for _, outgoing in ready])
-            for (item, _), answer in zip(ready, answers, strict=True):
-                outcome = self._record(session, item, answer, now, report)
-                if isinstance(outcome, Accepted):
-                    queued.append({"message_id": item.message.id, "message_sid": outcome.sid})
-                elif outcome:
-                    refused.append(item)
+            ready = self._recheck(session, self._owned(session, ids, lease), now, report)
+        answers = self.sender.send_batch([outgoing for _, outgoing in ready])
+        return self._record([item for item, _ in ready], answers, lease, now, report)
+
+    def _recheck(
+        self, session: Session, batch: Sequence[Claimed], now: datetime, report: PassReport
+    ) -> list[tuple[Claimed, Outgoing]]:
+        """Consent, treatment and window are checked again after the claim."""
+        ready: list[tuple[Claimed, Outgoing]] = []
+        for item in batch:
+            session.add(item.message)
+            if self.outcomes.settle_unwanted(session, item, now, report):
+                continue
+            if not self.outcomes.defer_to_window(session, item, now, report):
+                outgoing = self._route(session, item, now, report)
+                if outgoing is not None:
+                    ready.append((item, outgoing))
+        return ready
+
+    def _record(
+        self,
+        sent: Sequence[Claimed],
+        answers: Sequence[Accepted | Exception],
+        lease: datetime,
+        now: datetime,
+        report: PassReport,
+    ) -> list[Claimed]:
+        """Store what became of each request, on the rows as they are now: a patient
+        erased or updated while the request was in flight is never written back.
+
+        Accepted messages (the common outcome) are stored in one statement; the rest
+        are settled one by one on freshly read rows. Returns the 21610 refusals."""
+        queued: list[dict[str, object]] = []
+        others: dict[int | None, Accepted | Exception] = {}
+        for item, answer in zip(sent, answers, strict=True):
+            if isinstance(answer, Accepted):
+                report.sent += 1
+                if not self.outcomes.is_yearly(item):
+                    queued.append({"message_id": item.message.id, "message_sid": answer.sid})
+                    continue
+            others[item.message.id] = answer
+        refused: list[Claimed] = []
+        with transaction(self.engine) as session:
             if queued:
                 session.connection().execute(
                     update(Message)
-                    .where(col(Message.id) == bindparam("message_id"))
+                    .where(
+                        col(Message.id) == bindparam("message_id"),
+                        col(Message.status) == Status.SENDING,
+                        col(Message.lease_until) == lease,
+                    )
                     .values(
                         sid=bindparam("message_sid"),
                         status=Status.QUEUED,
@@ -264,38 +355,10 @@ class Dispatcher:
                     ),
                     queued,
                 )
+            for item in self._owned(session, others, lease):
+                if self._settle(session, item, others[item.message.id], now, report):
+                    refused.append(item)
         return refused
-
-    def _lock_out_opt_outs(
-        self, session: Session, ids: Sequence[int], now: datetime
-    ) -> Sequence[Claimed]:
-        """Take the locks described in `_send`; the batch, read under them."""
-        session.exec(update(Message).where(col(Message.id).in_(ids)).values(updated_at=now))
-        return self._load(
-            session,
-            (col(Message.id).in_(ids), col(Message.status) == Status.SENDING),
-            share_patients=True,
-        )
-
-    def _recheck(
-        self, session: Session, batch: Sequence[Claimed], now: datetime, report: PassReport
-    ) -> list[tuple[Claimed, Outgoing]]:
-        """Consent, treatment and window are checked again after the claim."""
-        ready: list[tuple[Claimed, Outgoing]] = []
-        for item in batch:
-            message, patient = item.message, item.patient
-            session.add(message)
-            if item.treatment.status != TreatmentStatus.ACTIVE or patient.phone is None:
-                self.outcomes.finish(session, item, Status.CANCELLED, now)
-                report.cancelled += 1
-            elif not patient.reachable:
-                self.outcomes.finish(session, item, Status.HELD, now)
-                report.held += 1
-            elif not self.outcomes.defer_to_window(session, item, now, report):
-                outgoing = self._route(session, item, now, report)
-                if outgoing is not None:
-                    ready.append((item, outgoing))
-        return ready
 
     def _route(
         self, session: Session, item: Claimed, now: datetime, report: PassReport
@@ -315,30 +378,25 @@ class Dispatcher:
         message.channel, message.fallback_reason = "sms", route.instead_of_whatsapp
         return route.outgoing
 
-    def _record(
+    def _settle(
         self,
         session: Session,
         item: Claimed,
         answer: Accepted | Exception,
         now: datetime,
         report: PassReport,
-    ) -> bool | Accepted:
-        """Turn the sender's answer into the message's next status; True for 21610.
-
-        An accepted message that needs nothing more is handed back, for the caller
-        to store with the rest of the batch's."""
+    ) -> bool:
+        """Turn the sender's answer into the message's next status; True for 21610."""
         message = item.message
+        session.add(message)
         if isinstance(answer, Accepted):
-            report.sent += 1
-            if not self.outcomes.is_yearly(item):
-                return answer
             message.sid = answer.sid
             self.outcomes.finish(session, item, Status.QUEUED, now)
         elif isinstance(answer, RecipientOptedOut):
             self.outcomes.fail(session, item, answer, now, report)
             return True
         elif isinstance(answer, PermanentFailure):
-            if not self.outcomes.fall_back(item, answer, now, report):
+            if not self.outcomes.fall_back(session, item, answer, now, report):
                 self.outcomes.fail(session, item, answer, now, report)
         elif isinstance(answer, RetryLater):
             report.rate_limited += isinstance(answer, RateLimited)
@@ -390,7 +448,20 @@ class Dispatcher:
                 if patient is not None:
                     consent.opt_out(session, patient, consent.Source.TWILIO_21610, now)
 
-    # -- outcomes ------------------------------------------------------------
+    # -- reading the rows ----------------------------------------------------
+
+    def _owned(
+        self, session: Session, ids: Iterable[int | None], lease: datetime
+    ) -> Sequence[Claimed]:
+        """The rows still claimed under `lease`, as they are now."""
+        return self._load(
+            session,
+            (
+                col(Message.id).in_(list(ids)),
+                col(Message.status) == Status.SENDING,
+                col(Message.lease_until) == lease,
+            ),
+        )
 
     def _load(
         self,
@@ -398,7 +469,7 @@ class Dispatcher:
         where: Iterable[object],
         *,
         lock: bool = False,
-        share_patients: bool = False,
+        limit: int | None = None,
     ) -> Sequence[Claimed]:
         query = (
             select(Message, Patient, Treatment)
@@ -406,9 +477,8 @@ class Dispatcher:
             .join(Treatment, col(Treatment.id) == Message.treatment_id)
             .where(*where)  # type: ignore[arg-type]
             .order_by(col(Message.send_at))
+            .limit(limit)
         )
         if lock:
             query = query.with_for_update(of=Message, skip_locked=True)
-        elif share_patients:
-            query = query.with_for_update(of=Patient, read=True)
         return [Claimed(m, p, t) for m, p, t in session.exec(query).all()]

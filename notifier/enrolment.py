@@ -122,7 +122,9 @@ def update_patient(
 ) -> int | None:
     """Apply `patient.updated`: every pending message follows the new details.
     Returns how many messages were re-timed and re-rendered; None for an unknown patient."""
-    patient = session.exec(select(Patient).where(Patient.external_id == external_id)).first()
+    patient = session.exec(
+        select(Patient).where(Patient.external_id == external_id).with_for_update()
+    ).first()
     if patient is None:
         return None
     if changes.phone is not None and changes.phone != patient.phone:
@@ -167,7 +169,11 @@ def cancel_treatment(session: Session, external_id: str, now: datetime) -> Treat
 
 def _upsert_patient(session: Session, who: PatientDetails, now: datetime) -> tuple[Patient, bool]:
     """The patient row with the event's details, and whether it is new."""
-    patient = session.exec(select(Patient).where(Patient.external_id == who.external_id)).first()
+    # Locked: two events for one patient at once (a retry through another process)
+    # apply one after the other, so supersession and consent see each other.
+    patient = session.exec(
+        select(Patient).where(Patient.external_id == who.external_id).with_for_update()
+    ).first()
     new = patient is None
     if patient is None:
         patient = Patient(

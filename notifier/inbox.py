@@ -9,8 +9,9 @@ from datetime import datetime
 from sqlmodel import Session, col, select
 
 from notifier import consent
-from notifier.keywords import Intent, intent
+from notifier.keywords import Intent, Keywords, answer, intent
 from notifier.models import Patient, Reply
+from notifier.outbox import Clinic
 from notifier.privacy import mask_phone
 
 log = logging.getLogger(__name__)
@@ -27,21 +28,35 @@ class Inbound:
     opt_out_type: str | None
 
 
-def receive(session: Session, message: Inbound, now: datetime) -> Intent:
-    """Apply an inbound message and say what it was.
+@dataclass(frozen=True)
+class Received:
+    """What an inbound message was, and our answer to the patient, if any."""
+
+    intent: Intent
+    answer: str | None
+
+
+def receive(
+    session: Session, message: Inbound, now: datetime, keywords: Keywords, clinic: Clinic
+) -> Received:
+    """Apply an inbound message and say what it was and what to answer.
 
     A number can belong to several patients (a parent booking for a child, say):
-    STOP and START apply to the number, so to all of them."""
+    STOP and START apply to the number, so to all of them. The answer is in the
+    language of the patient replies go to (see `keywords.answer`)."""
     patients = list(
         session.exec(
-            select(Patient).where(Patient.phone == message.phone).order_by(col(Patient.id))
+            select(Patient)
+            .where(Patient.phone == message.phone)
+            .order_by(col(Patient.id))
+            .with_for_update()  # a STOP and a START crossing apply one after the other
         ).all()
     )
     if message.channel == "whatsapp":
         for patient in patients:  # opens WhatsApp's 24-hour window for free text
             patient.whatsapp_inbound_at = now
             session.add(patient)
-    meaning = intent(message.body, message.opt_out_type)
+    meaning = intent(message.body, message.opt_out_type, keywords)
     if meaning is Intent.STOP:
         for patient in patients:
             consent.opt_out(session, patient, consent.Source.KEYWORD, now)
@@ -57,7 +72,22 @@ def receive(session: Session, message: Inbound, now: datetime) -> Intent:
         meaning,
         len(patients),
     )
-    return meaning
+    latest = _latest(patients)
+    text = answer(
+        message.body,
+        message.opt_out_type,
+        message.channel,
+        latest.language if latest else None,
+        keywords,
+    )
+    fields = {"clinic_name": clinic.name, "clinic_phone": clinic.phone}
+    return Received(meaning, text.format_map(fields) if text else None)
+
+
+def _latest(patients: list[Patient]) -> Patient | None:
+    """With several patients on one number, replies and answers go to the most recently
+    updated one."""
+    return max(patients, key=lambda p: p.updated_at, default=None)
 
 
 def _store_reply(
@@ -65,8 +95,7 @@ def _store_reply(
 ) -> None:
     if session.exec(select(Reply.id).where(Reply.sid == message.sid)).first() is not None:
         return  # Twilio retried the webhook: stored once
-    # With several patients on one number, the reply goes to the most recently updated.
-    patient = max(patients, key=lambda p: p.updated_at, default=None)
+    patient = _latest(patients)
     session.add(
         Reply(
             sid=message.sid,

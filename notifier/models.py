@@ -138,6 +138,7 @@ class ConsentChange(SQLModel, table=True):
     at: datetime = Field(sa_column=_utc())
     consented: bool
     source: str = Field(max_length=32)  # booking, keyword, twilio_21610, staff
+    by: str | None = Field(default=None, max_length=64)  # the staff token's name, for staff
 
 
 class Reply(SQLModel, table=True):
@@ -151,6 +152,8 @@ class Reply(SQLModel, table=True):
     body: str | None = None  # None once erased
     received_at: datetime = Field(sa_column=_utc())
     handled: bool = Field(default=False, index=True)
+    handled_by: str | None = Field(default=None, max_length=64)  # the staff member's name
+    handled_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
 
 
 class StatusCallback(SQLModel, table=True):
@@ -173,3 +176,34 @@ class StatusCallback(SQLModel, table=True):
     status: str = Field(max_length=32)
     error_code: int | None = None
     received_at: datetime = Field(sa_column=_utc(index=True))
+
+
+class RedactionStatus(StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"  # Twilio kept refusing for REDACTION_GIVE_UP: staff must look
+
+
+class Redaction(SQLModel, table=True):
+    """A message of an erased patient that Twilio still keeps: its body is to be redacted
+    there (and, for a reply, the photos deleted), retried until Twilio has done it."""
+
+    __table_args__ = (
+        Index(
+            "ix_redaction_due",
+            "next_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    patient_id: int = Field(foreign_key="patient.id", index=True)  # the erased (anonymous) row
+    sid: str = Field(max_length=64, unique=True)  # Twilio's SID of the message or reply
+    inbound: bool = False  # a reply: the photos it carried are deleted too
+    status: str = Field(default=RedactionStatus.PENDING, max_length=16)
+    attempts: int = 0
+    next_at: datetime = Field(sa_column=_utc())
+    error: str | None = Field(default=None, max_length=255)
+    created_at: datetime = Field(sa_column=_utc())
+    done_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))

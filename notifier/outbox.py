@@ -124,22 +124,26 @@ def refresh_pending(
         if item is None:
             continue  # the step left the plan since: the message stays as it was
         fresh = _row(plan, patient, treatment, item, clinic, now)
-        for name in (
-            "send_at",
-            "expires_at",
-            "window_start",
-            "window_end",
-            "channel",
-            "language",
-            "body",
-        ):
+        for name in ("send_at", "expires_at", "window_start", "window_end"):
             setattr(message, name, getattr(fresh, name))
-        message.content_sid = message.fallback_reason = None
+        rerender(plan, message, patient, clinic)
         message.updated_at = now
         if item.expired:
             message.status = Status.EXPIRED
         session.add(message)
     return len(pending)
+
+
+def rerender(plan: Plan, message: Message, patient: Patient, clinic: Clinic) -> None:
+    """Render a waiting message again for the patient as they are now: their language,
+    name and channel (a WhatsApp fallback or template chosen before is forgotten)."""
+    step = plan.step(message.step)
+    if step is None:
+        return  # the step left the plan since: the message stays as it was
+    message.body = render(plan, step, patient, clinic)
+    message.language = plan.language_for(patient.language)
+    message.channel = patient.channel
+    message.content_sid = message.fallback_reason = None
 
 
 def cancel_pending(session: Session, treatment: Treatment, now: datetime) -> int:

@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 
 from notifier import consent, whatsapp
 from notifier.models import Message, Patient, Status, Treatment, TreatmentStatus
-from notifier.outbox import Clinic, schedule_next_yearly
+from notifier.outbox import Clinic, rerender, schedule_next_yearly
 from notifier.plan import Plan
 from notifier.privacy import mask_phone
 from notifier.schedule import into_window
@@ -44,8 +44,16 @@ class PassReport:
     cancelled: int = 0
     unresolved: int = 0  # ambiguous, to be reconciled when its lease runs out
     rate_limited: int = 0  # of the retries, those Twilio refused with 429 / 20429
+    redacted: int = 0  # an erased patient's messages Twilio has now forgotten
     throttled: bool = False  # no claims this pass: Twilio asked us to slow down
     more: bool = False  # the claim was full: more may be due already
+
+    def absorb(self, other: PassReport) -> None:
+        """Add a later pass's counts to these; the flags become the later pass's, so a
+        sum of passes says how the last one ended."""
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            setattr(self, f.name, theirs if isinstance(mine, bool) else mine + theirs)
 
     def summary(self) -> str:
         values = [(f.name, getattr(self, f.name)) for f in fields(self)]
@@ -60,7 +68,7 @@ def retry_delay(
     cap: timedelta = RETRY_CAP,
 ) -> timedelta:
     """Exponential backoff with equal jitter: 30 s, 1 min, 2 min, ... capped at 1 h."""
-    delay: timedelta = min(cap, base * 2 ** max(attempts - 1, 0))
+    delay: timedelta = min(cap, base * 2 ** min(max(attempts - 1, 0), 30))  # 2**30 > any cap
     half: timedelta = delay / 2
     return half + half * rng.random()
 
@@ -84,6 +92,24 @@ class Outcomes:
         self.rng = rng
         self.retry_base = timedelta(seconds=settings.retry_base_seconds)
 
+    def settle_unwanted(
+        self, session: Session, item: Claimed, now: datetime, report: PassReport
+    ) -> bool:
+        """A message nobody may be sent any more: its treatment was cancelled or its
+        patient erased (cancelled), or the patient opted out or withdrew consent (held).
+        True if it was settled so. Read on the rows as they are now, this is also what
+        keeps a send's outcome from reviving a message erased while it was in flight."""
+        patient = item.patient
+        if item.treatment.status != TreatmentStatus.ACTIVE or patient.phone is None:
+            self.finish(session, item, Status.CANCELLED, now)
+            report.cancelled += 1
+        elif not patient.reachable:
+            self.finish(session, item, Status.HELD, now)
+            report.held += 1
+        else:
+            return False
+        return True
+
     def defer_to_window(
         self, session: Session, item: Claimed, now: datetime, report: PassReport
     ) -> bool:
@@ -102,7 +128,9 @@ class Outcomes:
             report.deferred += 1
         return True
 
-    def fall_back(self, item: Claimed, error: SendError, now: datetime, report: PassReport) -> bool:
+    def fall_back(
+        self, session: Session, item: Claimed, error: SendError, now: datetime, report: PassReport
+    ) -> bool:
         """A WhatsApp failure that SMS can get around: reschedule the message as SMS."""
         message = item.message
         if (
@@ -111,6 +139,8 @@ class Outcomes:
             or not self.settings.whatsapp_sms_fallback
         ):
             return False
+        if self.settle_unwanted(session, item, now, report):
+            return True
         whatsapp.fall_back_to_sms(
             message, f"WhatsApp error {error.code}: {error}", ZoneInfo(item.patient.timezone), now
         )
@@ -138,6 +168,9 @@ class Outcomes:
         if message.attempts >= self.settings.max_attempts:
             self.fail(session, item, error, now, report)
             return
+        if self.settle_unwanted(session, item, now, report):
+            return
+        self._follow_patient(item)
         send_at = into_window(
             now + self.backoff(message.attempts),
             consent.message_window(message),
@@ -159,6 +192,15 @@ class Outcomes:
         if status in (Status.QUEUED, Status.FAILED, Status.EXPIRED):
             self._schedule_following(session, item, now)
 
+    def _follow_patient(self, item: Claimed) -> None:
+        """A message going back to wait is rendered again if its patient changed (a
+        `patient.updated` while its request was in flight): it must not go out later
+        in the old language, name or channel. Otherwise its text stays frozen."""
+        message, plan = item.message, self.plans.get(item.treatment.kind)
+        changed = message.claimed_at is None or item.patient.updated_at >= message.claimed_at
+        if plan is not None and changed:
+            rerender(plan, message, item.patient, self.clinic)
+
     def is_yearly(self, item: Claimed) -> bool:
         plan = self.plans.get(item.treatment.kind)
         step = plan.step(item.message.step) if plan else None
@@ -168,8 +210,8 @@ class Outcomes:
         plan = self.plans.get(item.treatment.kind)
         if plan is None or not self.is_yearly(item):
             return
-        if item.treatment.status != TreatmentStatus.ACTIVE:
-            return
+        if item.treatment.status != TreatmentStatus.ACTIVE or item.patient.phone is None:
+            return  # cancelled, or the patient was erased while the message was in flight
         exists = session.exec(
             select(Message.id).where(
                 Message.treatment_id == item.treatment.id,
@@ -181,5 +223,3 @@ class Outcomes:
             schedule_next_yearly(
                 session, plan, item.message, item.patient, item.treatment, self.clinic, now
             )
-
-    # -- helpers -------------------------------------------------------------

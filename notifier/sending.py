@@ -10,14 +10,21 @@ from __future__ import annotations
 import secrets
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol, TextIO
+from typing import Literal, Protocol, TextIO, TypeVar
 
 from notifier.privacy import mask_phone
 
 Channel = Literal["sms", "whatsapp"]
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def as_channel(name: str) -> Channel:
+    """A channel name as stored on a message, as the seam's type."""
+    return "whatsapp" if name == "whatsapp" else "sms"
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,26 @@ class Ambiguous(SendError):
     """The carrier may or may not have sent it (5xx, read timeout): reconcile first."""
 
 
+@dataclass(frozen=True)
+class Lookup:
+    """What to look for in the carrier's log: messages to `to` on `channel` since `since`
+    with this body (any body when None: a template's text is Twilio's, not ours)."""
+
+    to: str
+    channel: Channel
+    body: str | None
+    since: datetime
+
+
+@dataclass(frozen=True)
+class Redact:
+    """A message whose text the carrier is to forget (an erased patient's), and for a
+    reply the photos it carried."""
+
+    sid: str
+    inbound: bool = False
+
+
 class Sender(Protocol):
     """Anything that can send a batch of messages and look up what it already sent."""
 
@@ -78,9 +105,15 @@ class Sender(Protocol):
         bug, treated as ambiguous). Never raises for one message's failure."""
         ...
 
-    def find_sent(self, to: str, channel: Channel, body: str | None, since: datetime) -> str | None:
-        """The SID of a message sent to `to` since `since` with this body (any body when
-        None: a template's text is Twilio's, not ours), if there is one."""
+    def find_batch(self, lookups: Sequence[Lookup]) -> list[list[str] | Exception]:
+        """For each lookup (concurrently, where the sender can), the SIDs of the outbound
+        messages that match it, newest first, or the `SendError` that stopped the look-up
+        (which says nothing about whether anything was sent). Never raises for one."""
+        ...
+
+    def redact_batch(self, redactions: Sequence[Redact]) -> list[Exception | None]:
+        """Have the carrier forget each message's body (and a reply's photos); None for
+        each one done (or already gone), else the `SendError` to retry it after."""
         ...
 
     def close(self) -> None:
@@ -89,19 +122,36 @@ class Sender(Protocol):
 
 
 class OneByOne(ABC):
-    """A sender whose `send` takes one message at a time; a batch is sent in order."""
+    """A sender that sends and looks up one message at a time; a batch goes in order."""
 
     @abstractmethod
     def send(self, message: Outgoing) -> Accepted: ...
 
+    @abstractmethod
+    def find_sent(self, lookup: Lookup) -> list[str]: ...
+
+    @abstractmethod
+    def redact(self, redaction: Redact) -> None: ...
+
     def send_batch(self, messages: Sequence[Outgoing]) -> list[Accepted | Exception]:
-        outcomes: list[Accepted | Exception] = []
-        for message in messages:
-            try:
-                outcomes.append(self.send(message))
-            except Exception as error:
-                outcomes.append(error)
-        return outcomes
+        return _each(self.send, messages)
+
+    def find_batch(self, lookups: Sequence[Lookup]) -> list[list[str] | Exception]:
+        return _each(self.find_sent, lookups)
+
+    def redact_batch(self, redactions: Sequence[Redact]) -> list[Exception | None]:
+        return _each(self.redact, redactions)
+
+
+def _each(call: Callable[[Item], Result], items: Sequence[Item]) -> list[Result | Exception]:
+    """`call` on every item in turn; an item's exception is its outcome."""
+    outcomes: list[Result | Exception] = []
+    for item in items:
+        try:
+            outcomes.append(call(item))
+        except Exception as error:
+            outcomes.append(error)
+    return outcomes
 
 
 class ConsoleSender(OneByOne):
@@ -126,9 +176,12 @@ class ConsoleSender(OneByOne):
         )
         return Accepted(sid=sid)
 
-    def find_sent(self, to: str, channel: Channel, body: str | None, since: datetime) -> str | None:
+    def find_sent(self, lookup: Lookup) -> list[str]:
         # The console keeps no history, and anything printed was printed once.
-        return None
+        return []
+
+    def redact(self, redaction: Redact) -> None:
+        """Nothing to forget: the console keeps nothing (erasure skips its SIDs)."""
 
     def close(self) -> None:
         """Nothing to release: the console keeps no connections."""

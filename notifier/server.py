@@ -11,11 +11,22 @@ from contextlib import ExitStack
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 
 from notifier.app import create_app
 from notifier.db import make_engine
+from notifier.privacy import mask_handlers
 from notifier.settings import Settings
 from notifier.worker import dispatching_in_background, single_worker_lock
+
+
+class MaskingLogger(Logger):  # type: ignore[misc]
+    """gunicorn's logger with the masking filter on its error and access log handlers,
+    in the arbiter as in the worker, and again after a reload sets them up anew."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        mask_handlers([*self.error_log.handlers, *self.access_log.handlers])
 
 
 class _Embedded(BaseApplication):  # type: ignore[misc]
@@ -28,6 +39,7 @@ class _Embedded(BaseApplication):  # type: ignore[misc]
     def load_config(self) -> None:
         for key, value in self.options.items():
             self.cfg.set(key, value)
+        self.cfg.set("logger_class", MaskingLogger)
         self.cfg.set("post_worker_init", self._start_dispatcher)
         self.cfg.set("worker_exit", self._stop_dispatcher)
 

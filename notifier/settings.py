@@ -21,8 +21,11 @@ DEFAULT_DATABASE_URL = "sqlite:///aftercare.sqlite3"
 DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
 PLANS_DIR = Path(__file__).resolve().parent.parent / "config" / "plans"
 TEMPLATES_FILE = PLANS_DIR.parent / "whatsapp_templates.toml"
+KEYWORDS_FILE = PLANS_DIR.parent / "keywords.toml"
 
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+_STAFF_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+MIN_SECRET_LENGTH = 16  # staff tokens and the booking secret: guessing must be hopeless
 
 
 @cache
@@ -37,6 +40,14 @@ def is_timezone(name: str) -> bool:
 
 class ConfigError(Exception):
     """A configuration value is missing or invalid; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class StaffToken:
+    """A bearer token of the staff API and the name every change made with it records."""
+
+    name: str
+    token: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -55,8 +66,9 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     twilio: TwilioSettings | None = None
     public_base_url: str | None = None
+    trust_forwarded_headers: bool = False  # one proxy's X-Forwarded-For/-Proto/-Host/-Port
     booking_webhook_secret: str | None = field(default=None, repr=False)
-    staff_api_tokens: tuple[str, ...] = field(default=(), repr=False)
+    staff_api_tokens: tuple[StaffToken, ...] = field(default=(), repr=False)
     clinic_timezone: str = "Asia/Dubai"
     default_phone_region: str = "AE"
     clinic_name: str = "Your clinic"
@@ -71,16 +83,19 @@ class Settings:
     whatsapp_templates_file: Path = TEMPLATES_FILE
     whatsapp_templates_required: bool = False  # named explicitly: it must exist
     whatsapp_sms_fallback: bool = True
+    keywords_file: Path = KEYWORDS_FILE  # STOP/START/HELP words per language
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read and validate every variable; raise `ConfigError` on the first bad one."""
+        """Read and validate every variable, then how they combine; raise `ConfigError`
+        on the first bad one."""
         env = _Env(os.environ if environ is None else environ)
-        return cls(
+        settings = cls(
             database_url=_database_url(env.get("DATABASE_URL") or DEFAULT_DATABASE_URL),
             twilio=_twilio(env),
             public_base_url=env.url("PUBLIC_BASE_URL"),
-            booking_webhook_secret=env.get("BOOKING_WEBHOOK_SECRET"),
+            trust_forwarded_headers=env.flag("TRUST_FORWARDED_HEADERS", default=False),
+            booking_webhook_secret=env.secret("BOOKING_WEBHOOK_SECRET"),
             staff_api_tokens=env.tokens("STAFF_API_TOKENS"),
             clinic_timezone=env.timezone("CLINIC_TIMEZONE", "Asia/Dubai"),
             default_phone_region=env.region("DEFAULT_PHONE_REGION", "AE"),
@@ -96,7 +111,10 @@ class Settings:
             whatsapp_templates_file=Path(env.get("WHATSAPP_TEMPLATES_FILE") or TEMPLATES_FILE),
             whatsapp_templates_required=env.get("WHATSAPP_TEMPLATES_FILE") is not None,
             whatsapp_sms_fallback=env.flag("WHATSAPP_SMS_FALLBACK", default=True),
+            keywords_file=Path(env.get("KEYWORDS_FILE") or KEYWORDS_FILE),
         )
+        _check_combination(settings)
+        return settings
 
 
 class _Env:
@@ -118,14 +136,39 @@ class _Env:
             raise ConfigError(f"{name}: expected an http(s) URL such as https://example.org")
         return value.rstrip("/")
 
-    def tokens(self, name: str) -> tuple[str, ...]:
+    def tokens(self, name: str) -> tuple[StaffToken, ...]:
+        """Comma-separated `name:token` entries; a bare token is named `token-N` after
+        its position (1, 2, ...). A token holds no comma; a name no colon."""
         value = self.get(name)
         if value is None:
             return ()
-        tokens = tuple(t.strip() for t in value.split(",") if t.strip())
-        if any(len(t) < 16 for t in tokens):
-            raise ConfigError(f"{name}: every token must be at least 16 characters long")
-        return tokens
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        tokens: list[StaffToken] = []
+        for position, entry in enumerate(entries, start=1):
+            who, colon, token = entry.partition(":")
+            if not colon:
+                who, token = f"token-{position}", entry
+            who, token = who.strip(), token.strip()
+            if not _STAFF_NAME.match(who):
+                raise ConfigError(
+                    f"{name}: entry {position}: a name is letters, digits, '.', '_' or '-' "
+                    "(up to 64), as in name:token"
+                )
+            if len(token) < MIN_SECRET_LENGTH:
+                raise ConfigError(
+                    f"{name}: every token must be at least {MIN_SECRET_LENGTH} characters long"
+                )
+            tokens.append(StaffToken(who, token))
+        names = [token.name for token in tokens]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{name}: each name may be given once")
+        return tuple(tokens)
+
+    def secret(self, name: str) -> str | None:
+        value = self.get(name)
+        if value is not None and len(value) < MIN_SECRET_LENGTH:
+            raise ConfigError(f"{name}: must be at least {MIN_SECRET_LENGTH} characters long")
+        return value
 
     def timezone(self, name: str, default: str) -> str:
         value = self.get(name) or default
@@ -209,3 +252,26 @@ def _twilio(env: _Env) -> TwilioSettings | None:
         api_base_url=(env.url("TWILIO_API_BASE_URL") or DEFAULT_TWILIO_API_BASE_URL),
         timeout_seconds=env.number("TWILIO_TIMEOUT_SECONDS", 15.0, 1, 30),
     )
+
+
+def _check_combination(settings: Settings) -> None:
+    """Values that are each valid but cannot work together."""
+    twilio = settings.twilio
+    if twilio is None:
+        return
+    if settings.lease_seconds < 2 * twilio.timeout_seconds:
+        # A lease that can run out while its send is still in flight lets another
+        # pass recover the row and reconcile (or send) before the first send is recorded.
+        raise ConfigError(
+            f"DISPATCH_LEASE_SECONDS: {settings.lease_seconds} is shorter than twice "
+            f"TWILIO_TIMEOUT_SECONDS ({twilio.timeout_seconds:g}); set it to at least "
+            f"{2 * twilio.timeout_seconds:g} or lower TWILIO_TIMEOUT_SECONDS"
+        )
+    if settings.public_base_url is None and not settings.trust_forwarded_headers:
+        # Twilio signs each webhook with the URL it called; behind a TLS proxy the
+        # request URL differs, and every webhook would be refused with 403.
+        raise ConfigError(
+            "PUBLIC_BASE_URL: required with Twilio credentials (the URL Twilio reaches "
+            "this service at, for webhook signatures and StatusCallback), unless "
+            "TRUST_FORWARDED_HEADERS=true and the proxy sets X-Forwarded-Proto and -Host"
+        )

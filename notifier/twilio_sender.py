@@ -38,10 +38,12 @@ from notifier.sending import (
     Accepted,
     Ambiguous,
     Channel,
+    Lookup,
     Outgoing,
     PermanentFailure,
     RateLimited,
     RecipientOptedOut,
+    Redact,
     RetryLater,
     SendError,
 )
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 
 OPTED_OUT = 21610  # Twilio: "Attempt to send to unsubscribed recipient"
 TOO_MANY_REQUESTS = 20429
+NOT_FOUND = 20404  # Twilio no longer has the resource (nothing left to redact)
 LIST_PAGE_SIZE = 50
 
 T = TypeVar("T")
@@ -108,15 +111,26 @@ class TwilioSender:
             raise outcome
         return outcome
 
-    def find_sent(self, to: str, channel: Channel, body: str | None, since: datetime) -> str | None:
-        """Return the SID of an outbound message with this body Twilio has for `to` since `since`.
+    def find_batch(self, lookups: Sequence[Lookup]) -> list[list[str] | Exception]:
+        """Look up every message concurrently (within the same concurrency as sends)."""
+        return self._run(self._find_all(lookups))
+
+    def find_sent(self, lookup: Lookup) -> list[str]:
+        """The SIDs of the outbound messages Twilio has that match `lookup`, newest first.
 
         Used before re-sending after an ambiguous failure, so a message Twilio did
         take is adopted instead of sent twice. A `SendError` here means the lookup
         failed, not that nothing was sent.
         """
-        address = _address(to, channel)
-        return self._run(self._converted(lambda: self._first_match(address, body, _utc(since))))
+        [outcome] = self.find_batch([lookup])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def redact_batch(self, redactions: Sequence[Redact]) -> list[Exception | None]:
+        """Redact every message's body at Twilio (`Body=""`) and delete a reply's photos,
+        concurrently; a message Twilio no longer has counts as done."""
+        return self._run(self._redact_all(redactions))
 
     def close(self) -> None:
         """Close pooled connections to Twilio and stop the event loop."""
@@ -133,6 +147,38 @@ class TwilioSender:
     async def _send_all(self, messages: Sequence[Outgoing]) -> list[Accepted | Exception]:
         outcomes = await asyncio.gather(*(self._send_one(m) for m in messages))
         return list(outcomes)
+
+    async def _find_all(self, lookups: Sequence[Lookup]) -> list[list[str] | Exception]:
+        outcomes = await asyncio.gather(*(self._find_one(lookup) for lookup in lookups))
+        return list(outcomes)
+
+    async def _find_one(self, lookup: Lookup) -> list[str] | Exception:
+        address = _address(lookup.to, lookup.channel)
+        try:
+            async with self._slots:
+                return await self._converted(
+                    lambda: self._matches(address, lookup.body, _utc(lookup.since))
+                )
+        except SendError as error:
+            return error
+
+    async def _redact_all(self, redactions: Sequence[Redact]) -> list[Exception | None]:
+        outcomes = await asyncio.gather(*(self._redact_one(item) for item in redactions))
+        return list(outcomes)
+
+    async def _redact_one(self, item: Redact) -> Exception | None:
+        message: Any = self._messages(item.sid)
+        try:
+            async with self._slots:
+                if item.inbound:
+                    photos = await self._converted(lambda: message.media.list_async())
+                    for photo in photos:
+                        media: Any = message.media(photo.sid)
+                        await self._converted(media.delete_async)
+                await self._converted(lambda: message.update_async(body=""))
+        except SendError as error:
+            return None if error.code == NOT_FOUND else error
+        return None
 
     async def _send_one(self, message: Outgoing) -> Accepted | Exception:
         try:
@@ -180,20 +226,21 @@ class TwilioSender:
         finally:
             _CONNECTION.reset(token)
 
-    async def _first_match(self, address: str, body: str | None, since: datetime) -> str | None:
+    async def _matches(self, address: str, body: str | None, since: datetime) -> list[str]:
         # Not filtered by DateSent: Twilio leaves date_sent empty while a message is
         # still queued, which is exactly the message an ambiguous send may have left.
         # Twilio lists newest first, so the walk stops at the first one created before
         # `since`.
+        found: list[str] = []
         records = await self._messages.stream_async(to=address, page_size=LIST_PAGE_SIZE)
         async for record in records:
             created = record.date_created
             if isinstance(created, datetime) and _utc(created) < since:
-                return None
+                break
             same_body = body is None or record.body == body
             if same_body and str(record.direction or "").startswith("outbound"):
-                return str(record.sid)
-        return None
+                found.append(str(record.sid))
+        return found
 
     def _sender(self, channel: Channel) -> dict[str, str]:
         """`from_` or `messaging_service_sid` for `channel`, as configured."""

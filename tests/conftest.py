@@ -9,7 +9,7 @@ import os
 import random
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,8 +23,8 @@ from notifier import create_app, migrate
 from notifier.db import make_engine
 from notifier.dispatch import Dispatcher
 from notifier.plan import load_plans
-from notifier.sending import Accepted, OneByOne, Outgoing, SendError
-from notifier.settings import Settings, TwilioSettings
+from notifier.sending import Accepted, Lookup, OneByOne, Outgoing, Redact, SendError
+from notifier.settings import Settings, StaffToken, TwilioSettings
 from tests.support.postgres import admin_connection
 from webhooks.signature import sign
 
@@ -107,7 +107,7 @@ def make_settings(database_url: str) -> Settings:
             timeout_seconds=1.0,
         ),
         booking_webhook_secret=SECRET,
-        staff_api_tokens=(STAFF_TOKEN,),
+        staff_api_tokens=(StaffToken("reception", STAFF_TOKEN),),
         clinic_name="Skin Clinic",
         clinic_phone="+971 4 000 0000",
     )
@@ -298,9 +298,14 @@ class RecordingSender(OneByOne):
     # The next sends fail with these errors; True means the carrier got it anyway
     # (a 5xx or timeout after Twilio accepted the message).
     failures: list[tuple[SendError, bool]] = field(default_factory=list)
-    carrier_log: dict[str, Outgoing] = field(default_factory=dict)  # what the carrier has
+    # What the carrier has, and when it took each one: by `clock` when a test gives
+    # one (then look-ups honour `since`), else unknown (look-ups ignore `since`).
+    carrier_log: dict[str, tuple[Outgoing, datetime | None]] = field(default_factory=dict)
+    clock: Callable[[], datetime] | None = None
     lookups: int = 0
     closed: bool = False
+    redacted: list[Redact] = field(default_factory=list)  # what the carrier was told to forget
+    redact_errors: list[SendError] = field(default_factory=list)  # the next redactions fail
 
     def fail_next(self, error: SendError, *, delivered_anyway: bool = False) -> None:
         self.failures.append((error, delivered_anyway))
@@ -309,23 +314,33 @@ class RecordingSender(OneByOne):
         if self.failures:
             error, delivered = self.failures.pop(0)
             if delivered:
-                self.carrier_log[f"SM{uuid.uuid4().hex}"] = message
+                self.carrier_log[f"SM{uuid.uuid4().hex}"] = (message, self._now())
             raise error
         self.sent.append(message)
         sid = f"SM{uuid.uuid4().hex}"
-        self.carrier_log[sid] = message
+        self.carrier_log[sid] = (message, self._now())
         return Accepted(sid=sid)
 
-    def find_sent(self, to: str, channel: str, body: str, since: datetime) -> str | None:
+    def _now(self) -> datetime | None:
+        return self.clock() if self.clock is not None else None
+
+    def find_sent(self, lookup: Lookup) -> list[str]:
+        """What Twilio's list would show: the matching messages sent since `since`
+        (any body for a template lookup), newest first."""
         self.lookups += 1
-        return next(
-            (
-                sid
-                for sid, m in self.carrier_log.items()
-                if m.to == to and m.body == body and m.channel == channel
-            ),
-            None,
-        )
+        return [
+            sid
+            for sid, (m, at) in reversed(self.carrier_log.items())
+            if m.to == lookup.to
+            and m.channel == lookup.channel
+            and (lookup.body is None or m.body == lookup.body)
+            and (at is None or at >= lookup.since)
+        ]
+
+    def redact(self, redaction: Redact) -> None:
+        if self.redact_errors:
+            raise self.redact_errors.pop(0)
+        self.redacted.append(redaction)
 
     def bodies_to(self, to: str) -> list[str]:
         return [m.body for m in self.sent if m.to == to]

@@ -97,6 +97,7 @@ def test_every_due_message_is_accepted_exactly_once_despite_faults_and_kills(
         "TWILIO_AUTH_TOKEN": DEFAULT_AUTH_TOKEN,
         "TWILIO_SMS_FROM": "+14155550100",
         "TWILIO_API_BASE_URL": fake_url,
+        "PUBLIC_BASE_URL": "https://aftercare.example.org",
         "TWILIO_TIMEOUT_SECONDS": "1",
         "DISPATCH_INTERVAL_SECONDS": "0.2",
         "DISPATCH_LEASE_SECONDS": "5",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -113,6 +115,8 @@ def test_plan_preview_rejects_bad_arguments_clearly(args: list[str], message: st
         ("TWILIO_AUTH_TOKEN", ""),
         ("TWILIO_SMS_FROM", "0501234567"),
         ("PUBLIC_BASE_URL", "aftercare.example.org"),
+        ("BOOKING_WEBHOOK_SECRET", "dev-secret"),
+        ("TRUST_FORWARDED_HEADERS", "maybe"),
     ],
 )
 def test_a_bad_configuration_value_stops_with_a_message_naming_it(
@@ -130,6 +134,95 @@ def test_a_bad_configuration_value_stops_with_a_message_naming_it(
     assert result.returncode == 1
     assert f"configuration error: {variable}: " in result.stderr
     assert "Traceback" not in result.stderr
+
+
+TWILIO_ENV = {
+    "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+    "TWILIO_AUTH_TOKEN": "token",
+    "TWILIO_SMS_FROM": "+14155550100",
+}
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "also_named"),
+    [
+        (TWILIO_ENV, "PUBLIC_BASE_URL", "TRUST_FORWARDED_HEADERS"),
+        (
+            {
+                **TWILIO_ENV,
+                "PUBLIC_BASE_URL": "https://care.example.org",
+                "DISPATCH_LEASE_SECONDS": "20",
+            },
+            "DISPATCH_LEASE_SECONDS",
+            "TWILIO_TIMEOUT_SECONDS",
+        ),
+    ],
+)
+@pytest.mark.parametrize("command", ["worker", "dispatch"])
+def test_settings_that_cannot_work_together_stop_start_up_naming_them(
+    command: str, env: dict[str, str], variable: str, also_named: str
+) -> None:
+    result = aftercare(command, env=env)
+    assert result.returncode == 1
+    assert f"configuration error: {variable}: " in result.stderr
+    assert also_named in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["worker", "dispatch"])
+def test_worker_and_dispatch_refuse_the_console_sender_unless_asked(
+    command: str, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'console.sqlite3'}"
+    migrate.upgrade(url)
+    result = aftercare(command, env={"DATABASE_URL": url})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: no Twilio credentials (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN): messages would "
+        "only be printed; set them, or pass --console to print them on purpose"
+    ]
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("command", ["worker", "dispatch"])
+def test_console_with_twilio_credentials_is_refused(command: str) -> None:
+    env = {**TWILIO_ENV, "PUBLIC_BASE_URL": "https://care.example.org"}
+    result = aftercare(command, "--console", env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: --console: Twilio credentials are set, so messages go to Twilio; drop --console"
+    ]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["worker", "--help"],
+        ["dispatch", "--help"],
+        ["queue", "--help"],
+        ["db", "upgrade", "--help"],
+        ["plan", "check"],
+        ["plan", "preview", "--help"],
+        ["booking", "post", "--help"],
+    ],
+)
+def test_every_command_masks_phone_numbers_in_logs(args: list[str]) -> None:
+    from click.testing import CliRunner
+
+    from notifier.cli import main
+
+    root = logging.getLogger()
+    written = io.StringIO()
+    handler = logging.StreamHandler(written)  # a handler no command has seen yet
+    root.addHandler(handler)
+    try:
+        result = CliRunner().invoke(main, args)
+        logging.getLogger("aftercare.test").warning("texting +971501234567 now")
+    finally:
+        root.removeHandler(handler)
+    assert result.exit_code == 0, result.output
+    assert "texting ***4567 now" in written.getvalue()
+    assert "501234567" not in written.getvalue()
 
 
 def test_db_upgrade_then_dispatch_sends_what_is_due(tmp_path: Path) -> None:
@@ -154,7 +247,7 @@ def test_db_upgrade_then_dispatch_sends_what_is_due(tmp_path: Path) -> None:
         session.add(first)
         session.commit()
 
-    result = aftercare("dispatch", env=env)
+    result = aftercare("dispatch", "--console", env=env)
     assert result.returncode == 0, result.stderr
     assert "[console sender] sms to ***4567" in result.stdout
     assert "thank you for coming in today" in result.stdout
@@ -165,13 +258,15 @@ def test_db_upgrade_then_dispatch_sends_what_is_due(tmp_path: Path) -> None:
             session.exec(select(Message).where(Message.step == "after_treatment")).one().status
             == Status.QUEUED
         )
-    again = aftercare("dispatch", env=env)
+    again = aftercare("dispatch", "--console", env=env)
     assert "dispatch: nothing due" in again.stdout
     engine.dispose()
 
 
 def test_dispatch_refuses_an_unmigrated_database(tmp_path: Path) -> None:
-    result = aftercare("dispatch", env={"DATABASE_URL": f"sqlite:///{tmp_path / 'new.db'}"})
+    result = aftercare(
+        "dispatch", "--console", env={"DATABASE_URL": f"sqlite:///{tmp_path / 'new.db'}"}
+    )
     assert result.returncode == 1
     assert "run `aftercare db upgrade` first" in result.stderr
 
@@ -181,7 +276,7 @@ def test_a_second_worker_on_sqlite_refuses_to_start(tmp_path: Path) -> None:
     migrate.upgrade(url)
     env = {"DATABASE_URL": url, "DISPATCH_INTERVAL_SECONDS": "60"}
     first = subprocess.Popen(
-        [AFTERCARE, "worker"],
+        [AFTERCARE, "worker", "--console"],
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -192,7 +287,7 @@ def test_a_second_worker_on_sqlite_refuses_to_start(tmp_path: Path) -> None:
         deadline = time.monotonic() + 30
         while not (lock.exists() and lock.read_text().strip()) and time.monotonic() < deadline:
             time.sleep(0.05)
-        second = aftercare("worker", env=env)
+        second = aftercare("worker", "--console", env=env)
         assert second.returncode == 1
         assert "is already dispatching" in second.stderr
         assert "SQLite allows one worker" in second.stderr

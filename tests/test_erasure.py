@@ -22,7 +22,7 @@ from notifier import create_app, migrate
 from notifier.db import make_engine
 from notifier.dispatch import Dispatcher
 from notifier.models import ConsentChange, Message, StatusCallback
-from notifier.settings import Settings
+from notifier.settings import Settings, StaffToken
 from tests.conftest import (
     SECRET,
     STAFF_TOKEN,
@@ -128,7 +128,8 @@ def test_erasure_leaves_no_trace_of_the_patient_in_any_column_of_any_table(
     clock.now = START - timedelta(days=1)
     twilio.inbound("Hi, Omar here, see you tomorrow for my SMP", sid="SM" + "a1" * 16)
     clock.now = START
-    assert booking.post(completed_event("evt_0001")).status_code == 201
+    posted: list[dict[str, Any]] = [completed_event("evt_0001")]
+    assert booking.post(posted[0]).status_code == 201
     twilio.inbound("Unrelated question from a stranger", sender=OTHER_PHONE, sid="SM" + "b1" * 16)
 
     dispatcher.run_pass(START + timedelta(hours=1))  # after_treatment goes out
@@ -151,13 +152,15 @@ def test_erasure_leaves_no_trace_of_the_patient_in_any_column_of_any_table(
         sid="SM" + "a3" * 16,
     )
     assert client.post(f"/api/replies/{'SM' + 'a2' * 16}/handled", headers=STAFF).status_code == 200
-    assert booking.post(completed_event("evt_0002")).status_code == 200  # the same again
+    posted.append(completed_event("evt_0002"))
+    assert booking.post(posted[-1]).status_code == 200  # the same again
 
     clock.now = dubai(3, 3, 10)  # a second session two days later supersedes the first
     second_session = completed_event("evt_0003", treatment={"id": "T-556"}, performed_at=clock.now)
     assert booking.post(second_session).status_code == 201
     cancelled = {"id": "evt_0004", "type": "treatment.cancelled", "treatment": {"id": "T-555"}}
     assert booking.post(cancelled).status_code == 200
+    posted += [second_session, cancelled]
     dispatcher.run_pass(dubai(3, 3, 11))  # T-556's after_treatment
     assert twilio.status(sid_of("after_treatment", 1), "read").status_code == 204
     assert twilio.status("SM" + "c1" * 16, "delivered").status_code == 204  # not ours
@@ -169,6 +172,8 @@ def test_erasure_leaves_no_trace_of_the_patient_in_any_column_of_any_table(
     bodies.append("Hi, Omar here, see you tomorrow for my SMP")
     assert len(before["replies"]) == 2
     needles = IDENTIFIERS + BOOKING_IDS + [f for body in bodies for f in fragments(body)]
+    # A hash of a body with the patient's name and number in it is theirs too.
+    needles += [booking_module.body_fingerprint(event) for event in posted]
     # The scan does find every one of them while the patient exists (the national form
     # of the number is only looked for in case something stores it so).
     found = {n for _, _, n in leftovers(engine, needles)}
@@ -179,7 +184,12 @@ def test_erasure_leaves_no_trace_of_the_patient_in_any_column_of_any_table(
     clock.now = dubai(3, 3, 12)
     answer = booking.post(erase_event())
     assert answer.status_code == 200, answer.data
-    assert answer.get_json() == {"erased": True, "messages_cancelled": pending}
+    assert answer.get_json() == {
+        "erased": True,
+        "messages_cancelled": pending,
+        "erasure_id": answer.get_json()["erasure_id"],
+        "twilio_redactions": 3 + 3,  # three messages sent; two replies, one from before
+    }
 
     assert leftovers(engine, needles) == []
     assert patient_view(client).status_code == 404
@@ -357,7 +367,9 @@ def legacy_sqlite(tmp_path: Any, clock: Clock) -> Iterator[tuple[Any, Any]]:
             )
     migrate.upgrade(url)
     settings = Settings(
-        database_url=url, booking_webhook_secret=SECRET, staff_api_tokens=(STAFF_TOKEN,)
+        database_url=url,
+        booking_webhook_secret=SECRET,
+        staff_api_tokens=(StaffToken("reception", STAFF_TOKEN),),
     )
     yield create_app(settings, engine=engine, clock=clock).test_client(), engine
     engine.dispose()

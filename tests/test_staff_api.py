@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import create_engine
 
 from notifier import create_app
-from notifier.settings import Settings
+from notifier.sending import RecipientOptedOut
+from notifier.settings import Settings, StaffToken
 from tests.conftest import (
     STAFF_TOKEN,
     START,
@@ -33,9 +34,9 @@ PATIENT_KEYS = {
     "consent_log",
 }
 MESSAGE_KEYS = {"step", "send_at", "status", "channel", "sid", "error_code", "body"}
-REPLY_KEYS = {"received_at", "body", "sid", "handled"}
+REPLY_KEYS = {"received_at", "body", "sid", "handled", "handled_by", "handled_at"}
 LISTED_REPLY_KEYS = {"sid", "patient_id", "from", "received_at", "body", "handled"}
-CONSENT_KEYS = {"at", "consented", "source"}
+CONSENT_KEYS = {"at", "consented", "source", "by"}
 PHONE = "+971501234567"
 
 
@@ -98,7 +99,12 @@ def test_any_of_several_configured_tokens_is_accepted(
     settings: Settings, engine: Any, build_app: Callable[..., Any]
 ) -> None:
     other = "second-token-abcdefghijk"
-    client = build_app(dataclasses.replace(settings, staff_api_tokens=(STAFF_TOKEN, other)), engine)
+    client = build_app(
+        dataclasses.replace(
+            settings, staff_api_tokens=(StaffToken("a", STAFF_TOKEN), StaffToken("b", other))
+        ),
+        engine,
+    )
     assert get_patient(client, {"Authorization": f"Bearer {other}"}).status_code == 404
     assert get_patient(client, {"Authorization": f"Bearer {STAFF_TOKEN}"}).status_code == 404
 
@@ -156,7 +162,7 @@ def test_a_patient_shows_details_messages_and_consent_log(
     assert messages[-1]["send_at"] == "2028-03-01T06:00:00Z"
 
     assert patient["consent_log"] == [
-        {"at": "2027-03-01T06:00:00Z", "consented": True, "source": "booking"}
+        {"at": "2027-03-01T06:00:00Z", "consented": True, "source": "booking", "by": None}
     ]
     for change in patient["consent_log"]:
         assert set(change) >= CONSENT_KEYS
@@ -212,12 +218,16 @@ def test_a_patient_shows_their_replies(
             "body": "It's gone now, thanks",
             "sid": "SM" + "2" * 32,
             "handled": False,
+            "handled_by": None,
+            "handled_at": None,
         },
         {
             "received_at": "2027-03-01T06:00:00Z",
             "body": "Is redness normal?",
             "sid": "SM" + "1" * 32,
             "handled": False,
+            "handled_by": None,
+            "handled_at": None,
         },
     ]
     for reply in replies:
@@ -284,7 +294,12 @@ def test_a_reply_marked_handled_leaves_the_list_needing_attention(
 ) -> None:
     answer = enrolled.client.post(f"/api/replies/{three_replies[1]}/handled", headers=staff_headers)
     assert answer.status_code == 200
-    assert answer.get_json() == {"sid": three_replies[1], "handled": True}
+    assert answer.get_json() == {
+        "sid": three_replies[1],
+        "handled": True,
+        "handled_by": "reception",
+        "handled_at": "2027-03-01T07:30:00Z",
+    }
     assert reply_sids(enrolled.client) == [three_replies[2], three_replies[0]]
     assert reply_sids(enrolled.client, "?handled=true") == [three_replies[1]]
     assert reply_sids(enrolled.client, "") == three_replies[::-1]
@@ -350,9 +365,9 @@ def test_staff_can_opt_a_patient_out_and_in_again_and_it_is_logged(
     assert (after["status"], after["send_at"]) == ("scheduled", "2027-03-02T04:00:00Z")  # 08:00
     assert {m["status"] for m in patient["messages"]} == {"scheduled"}
     assert patient["consent_log"] == [
-        {"at": "2027-03-01T06:00:00Z", "consented": True, "source": "booking"},
-        {"at": "2027-03-01T06:10:00Z", "consented": False, "source": "staff"},
-        {"at": "2027-03-01T19:00:00Z", "consented": True, "source": "staff"},
+        {"at": "2027-03-01T06:00:00Z", "consented": True, "source": "booking", "by": None},
+        {"at": "2027-03-01T06:10:00Z", "consented": False, "source": "staff", "by": "reception"},
+        {"at": "2027-03-01T19:00:00Z", "consented": True, "source": "staff", "by": "reception"},
     ]
 
 
@@ -365,18 +380,82 @@ def test_staff_opting_out_twice_is_logged_once(
     assert [c["source"] for c in log] == ["booking", "staff"]
 
 
-def test_staff_can_lift_a_patients_own_stop(
-    enrolled: BookingSystem, staff_headers: dict[str, str], twilio: TwilioWebhooks
+@pytest.mark.parametrize("how", ["keyword", "twilio"])
+def test_staff_cannot_lift_an_opt_out_the_patient_made_themselves(
+    enrolled: BookingSystem, staff_headers: dict[str, str], twilio: TwilioWebhooks, how: str
 ) -> None:
-    twilio.inbound("STOP")
-    set_consent(enrolled.client, json={"opted_out": False})
+    if how == "keyword":
+        twilio.inbound("STOP")
+    else:
+        twilio.inbound("STOP", opt_out_type="STOP")  # Twilio's own STOP handling
+    answer = set_consent(enrolled.client, json={"opted_out": False})
+    assert answer.status_code == 409
+    assert "texting START" in answer.get_json()["error"]
     patient = get_patient(enrolled.client, staff_headers).get_json()
-    assert patient["opted_out"] is False
+    assert patient["opted_out"] is True
     assert [(c["consented"], c["source"]) for c in patient["consent_log"]] == [
         (True, "booking"),
         (False, "keyword"),
-        (True, "staff"),
     ]
+    twilio.inbound("START")  # only the patient lifts it
+    assert get_patient(enrolled.client, staff_headers).get_json()["opted_out"] is False
+
+
+def test_staff_cannot_lift_an_opt_out_twilio_reported(
+    enrolled: BookingSystem, staff_headers: dict[str, str], dispatcher: Any, sender: Any
+) -> None:
+    sender.fail_next(RecipientOptedOut("Twilio answered 400 (error 21610)", code=21610))
+    dispatcher.run_pass(START + timedelta(hours=1))
+    assert get_patient(enrolled.client, staff_headers).get_json()["opted_out"] is True
+
+    answer = set_consent(enrolled.client, json={"opted_out": False})
+
+    assert answer.status_code == 409
+    assert get_patient(enrolled.client, staff_headers).get_json()["opted_out"] is True
+
+
+def test_staff_can_lift_an_opt_out_staff_recorded_after_the_patients_start(
+    enrolled: BookingSystem, staff_headers: dict[str, str], twilio: TwilioWebhooks
+) -> None:
+    twilio.inbound("STOP")
+    twilio.inbound("START")
+    assert set_consent(enrolled.client, json={"opted_out": True}).status_code == 200
+    assert set_consent(enrolled.client, json={"opted_out": False}).status_code == 200
+    log = get_patient(enrolled.client, staff_headers).get_json()["consent_log"]
+    assert [(c["source"], c["by"]) for c in log] == [
+        ("booking", None),
+        ("keyword", None),
+        ("keyword", None),
+        ("staff", "reception"),
+        ("staff", "reception"),
+    ]
+
+
+def test_every_staff_change_records_the_tokens_name(
+    settings: Settings,
+    engine: Any,
+    build_app: Callable[..., Any],
+    enrolled: BookingSystem,
+    twilio: TwilioWebhooks,
+    clock: Clock,
+) -> None:
+    tokens = (StaffToken("amira", "amira-token-0123456789"), StaffToken("token-2", STAFF_TOKEN))
+    client = build_app(dataclasses.replace(settings, staff_api_tokens=tokens), engine)
+    amira = {"Authorization": "Bearer amira-token-0123456789"}
+    twilio.inbound("Is this normal?", sid="SM" + "1" * 32)
+    clock.advance(minutes=5)
+
+    handled = client.post(f"/api/replies/SM{'1' * 32}/handled", headers=amira)
+    again = client.post(
+        f"/api/replies/SM{'1' * 32}/handled", headers={"Authorization": f"Bearer {STAFF_TOKEN}"}
+    )
+    client.post("/api/patients/P-1001/consent", headers=amira, json={"opted_out": True})
+
+    assert handled.get_json()["handled_by"] == again.get_json()["handled_by"] == "amira"
+    assert again.get_json()["handled_at"] == "2027-03-01T06:05:00Z"  # the first one's
+    patient = get_patient(client, amira).get_json()
+    assert patient["replies"][0]["handled_by"] == "amira"
+    assert patient["consent_log"][-1]["by"] == "amira"
 
 
 BAD_CONSENT_BODIES: dict[str, dict[str, Any]] = {

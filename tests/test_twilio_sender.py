@@ -18,6 +18,7 @@ import requests
 from notifier.sending import (
     Accepted,
     Ambiguous,
+    Lookup,
     Outgoing,
     PermanentFailure,
     RateLimited,
@@ -163,7 +164,7 @@ def test_every_call_goes_to_the_configured_base_url_whatever_the_environment(
     sender = make_sender()
 
     sender.send(Outgoing(PATIENT, "sms", BODY))
-    sender.find_sent(PATIENT, "sms", BODY, minute_ago())
+    sender.find_sent(Lookup(PATIENT, "sms", BODY, minute_ago()))
 
     assert [(r.method, r.path) for r in fake.requests] == [
         ("POST", MESSAGES_PATH),
@@ -344,7 +345,7 @@ def test_connection_refused_is_retry_later(make_sender):
     with pytest.raises(RetryLater):
         sender.send(Outgoing(PATIENT, "sms", BODY))
     with pytest.raises(RetryLater):
-        sender.find_sent(PATIENT, "sms", BODY, minute_ago())
+        sender.find_sent(Lookup(PATIENT, "sms", BODY, minute_ago()))
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="needs Linux's handling of a full backlog")
@@ -375,10 +376,10 @@ def test_find_sent_finds_a_message_twilio_took_although_it_answered_500(fake, se
     with pytest.raises(Ambiguous):
         sender.send(Outgoing(PATIENT, "sms", BODY))
 
-    found = sender.find_sent(PATIENT, "sms", BODY, minute_ago())
+    found = sender.find_sent(Lookup(PATIENT, "sms", BODY, minute_ago()))
 
     [message] = fake.messages
-    assert found == message.sid
+    assert found == [message.sid]
     assert fake.violations == []
 
 
@@ -387,7 +388,9 @@ def test_find_sent_finds_a_message_whose_answer_timed_out(fake, sender):
     with pytest.raises(Ambiguous):
         sender.send(Outgoing(PATIENT, "whatsapp", BODY))
 
-    assert sender.find_sent(PATIENT, "whatsapp", BODY, minute_ago()) == fake.messages[0].sid
+    assert sender.find_sent(Lookup(PATIENT, "whatsapp", BODY, minute_ago())) == [
+        fake.messages[0].sid
+    ]
 
 
 def test_find_sent_is_none_when_that_body_was_not_sent_to_that_address(fake, sender):
@@ -395,22 +398,28 @@ def test_find_sent_is_none_when_that_body_was_not_sent_to_that_address(fake, sen
     sender.send(Outgoing("+971509999999", "sms", BODY))
     sender.send(Outgoing(PATIENT, "whatsapp", BODY))
 
-    assert sender.find_sent(PATIENT, "sms", BODY, minute_ago()) is None
+    assert sender.find_sent(Lookup(PATIENT, "sms", BODY, minute_ago())) == []
     assert fake.violations == []
 
 
 def test_find_sent_ignores_messages_before_since(fake, sender):
     sender.send(Outgoing(PATIENT, "sms", BODY))
 
-    assert sender.find_sent(PATIENT, "sms", BODY, datetime.now(UTC) + timedelta(seconds=2)) is None
+    assert (
+        sender.find_sent(Lookup(PATIENT, "sms", BODY, datetime.now(UTC) + timedelta(seconds=2)))
+        == []
+    )
 
 
 def test_find_sent_compares_since_in_utc_and_filters_only_by_recipient(fake, sender):
     fake.add_message(PATIENT, BODY, created=datetime(2030, 1, 1, 0, 30, tzinfo=UTC))
     dubai = ZoneInfo("Asia/Dubai")
 
-    assert sender.find_sent(PATIENT, "sms", BODY, datetime(2030, 1, 1, 4, 0, tzinfo=dubai))
-    assert sender.find_sent(PATIENT, "sms", BODY, datetime(2030, 1, 1, 5, 0, tzinfo=dubai)) is None
+    assert sender.find_sent(Lookup(PATIENT, "sms", BODY, datetime(2030, 1, 1, 4, 0, tzinfo=dubai)))
+    assert (
+        sender.find_sent(Lookup(PATIENT, "sms", BODY, datetime(2030, 1, 1, 5, 0, tzinfo=dubai)))
+        == []
+    )
     # No DateSent filter: Twilio leaves date_sent empty while a message is queued.
     assert all(r.query == {"To": PATIENT, "PageSize": "50"} for r in fake.requests)
 
@@ -421,9 +430,9 @@ def test_find_sent_reads_past_the_first_page(fake, sender):
     for n in range(120):
         fake.add_message(PATIENT, f"Other instruction {n}", created=now)
 
-    found = sender.find_sent(PATIENT, "sms", BODY, now - timedelta(hours=1))
+    found = sender.find_sent(Lookup(PATIENT, "sms", BODY, now - timedelta(hours=1)))
 
-    assert found == target.sid
+    assert found == [target.sid]
     assert [r.method for r in fake.requests] == ["GET"] * 3
     assert fake.violations == []
 
@@ -438,7 +447,7 @@ def test_find_sent_failures_become_the_same_kinds(fake, sender, step, kind):
     fake.script([step, step] if step == "reset" else [step], method="GET")
 
     with pytest.raises(SendError) as failure:
-        sender.find_sent(PATIENT, "sms", BODY, minute_ago())
+        sender.find_sent(Lookup(PATIENT, "sms", BODY, minute_ago()))
 
     assert type(failure.value) is kind
 
@@ -453,7 +462,7 @@ def test_the_twilio_sdk_logs_no_phone_number_or_body(fake, sender, caplog):
 
     sender.send(Outgoing(PATIENT, "sms", BODY, status_callback=CALLBACK))
     sender.send(Outgoing(PATIENT, "whatsapp", BODY))
-    sender.find_sent(PATIENT, "whatsapp", BODY, minute_ago())
+    sender.find_sent(Lookup(PATIENT, "whatsapp", BODY, minute_ago()))
 
     assert any(r.levelno == logging.DEBUG for r in caplog.records)  # DEBUG is captured
     assert [r.getMessage() for r in caplog.records if r.name.startswith("twilio")] == []

@@ -25,7 +25,7 @@ from twilio.request_validator import RequestValidator
 from notifier import create_app
 from notifier.db import make_engine
 from notifier.dispatch import Dispatcher
-from notifier.keywords import Intent, intent
+from notifier.keywords import Intent, intent, load_keywords
 from notifier.models import ConsentChange, Message, Reply, StatusCallback
 from notifier.plan import load_plans
 from notifier.sending import RecipientOptedOut
@@ -330,7 +330,9 @@ def test_without_twilio_configured_both_webhooks_answer_503_and_store_nothing(
     ],
 )
 def test_what_an_inbound_text_means(body: str, opt_out_type: str | None, meaning: Intent) -> None:
-    assert intent(body, opt_out_type) is meaning
+    settings = Settings()
+    keywords = load_keywords(settings.keywords_file, load_plans(settings.plans_dir))
+    assert intent(body, opt_out_type, keywords) is meaning
 
 
 @pytest.mark.parametrize("word", STOP_WORDS)
@@ -677,6 +679,8 @@ def test_a_reply_is_stored_against_the_patient_and_flagged_for_staff(
             "body": "Is some redness normal?",
             "sid": "SM" + "1" * 32,
             "handled": False,
+            "handled_by": None,
+            "handled_at": None,
         }
     ]
 

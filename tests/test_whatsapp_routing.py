@@ -19,7 +19,15 @@ from sqlmodel import Session, select
 from notifier.dispatch import Dispatcher
 from notifier.models import Patient, Status
 from notifier.plan import load_plans
-from notifier.sending import Accepted, OneByOne, Outgoing, PermanentFailure, RetryLater
+from notifier.sending import (
+    Accepted,
+    Lookup,
+    OneByOne,
+    Outgoing,
+    PermanentFailure,
+    Redact,
+    RetryLater,
+)
 from notifier.settings import Settings, TwilioSettings
 from notifier.twilio_sender import TwilioSender
 from notifier.whatsapp import UNDELIVERABLE_ON_WHATSAPP, Templates, load_templates
@@ -461,8 +469,11 @@ class KnownSidSender(OneByOne):
         accepted = self.recorder.send(message)
         return Accepted(sid=self.sids.pop(0)) if self.sids else accepted
 
-    def find_sent(self, to: str, channel: Any, body: str | None, since: datetime) -> str | None:
-        return self.recorder.find_sent(to, channel, body or "", since)
+    def find_sent(self, lookup: Lookup) -> list[str]:
+        return self.recorder.find_sent(lookup)
+
+    def redact(self, redaction: Redact) -> None:
+        self.recorder.redact(redaction)
 
     def close(self) -> None:
         self.recorder.close()

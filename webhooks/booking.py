@@ -15,11 +15,10 @@ import logging
 from typing import Any, NamedTuple
 
 from flask import Blueprint, Response, request
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from notifier.app import services
-from notifier.db import transaction
+from notifier.db import retrying
 from notifier.enrolment import (
     Enrolment,
     EnrolmentConflict,
@@ -27,7 +26,7 @@ from notifier.enrolment import (
     complete_treatment,
     update_patient,
 )
-from notifier.erasure import erase_patient
+from notifier.erasure import ERASED_FINGERPRINT, erase_patient
 from notifier.models import BookingEvent, Patient
 from notifier.privacy import mask_phone
 from webhooks import signature
@@ -100,46 +99,52 @@ def receive() -> Response:
 
 def _handle(data: dict[str, Any], context: Context) -> Answer:
     envelope, body = parse_event(data, context)
-    fingerprint = hashlib.sha256(
-        json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()
+    fingerprint = body_fingerprint(data)
+    if envelope.type == "patient.erased":  # a hash of the id it erases: not kept either
+        fingerprint = ERASED_FINGERPRINT
     svc = services()
-    try:
-        with transaction(svc.engine) as session:
-            replay = _replay(session, envelope.id, fingerprint)
-            if replay is not None:
-                return replay
-            status, answer, patient_id, treatment_id = _apply(session, envelope.type, body, context)
-            if status >= 300:
-                raise _Rejected(status, answer)  # roll back anything half-done
-            session.add(
-                BookingEvent(
-                    id=envelope.id,
-                    patient_id=patient_id,
-                    treatment_id=treatment_id,
-                    fingerprint=fingerprint,
-                    status_code=status,
-                    response=json.dumps(answer),
-                    received_at=context.now,
-                )
+
+    def attempt(session: Session) -> Answer:
+        replay = _replay(session, envelope.id, fingerprint)
+        if replay is not None:
+            return replay
+        status, answer, patient_id, treatment_id = _apply(session, envelope.type, body, context)
+        if status >= 300:
+            raise _Rejected(status, answer)  # roll back anything half-done
+        session.add(
+            BookingEvent(
+                id=envelope.id,
+                patient_id=patient_id,
+                treatment_id=treatment_id,
+                fingerprint=fingerprint,
+                status_code=status,
+                response=json.dumps(answer),
+                received_at=context.now,
             )
-            return status, answer
+        )
+        return status, answer
+
+    try:
+        # A concurrent request for the same event id, patient or treatment that
+        # committed first makes this one collide: the second try sees its work (a
+        # replay, or an existing patient) instead of answering 500.
+        return retrying(svc.engine, attempt)
     except _Rejected as rejected:
         return rejected.status, rejected.answer
-    except IntegrityError:
-        # The same event id committed by a concurrent request: answer as a replay.
-        with transaction(svc.engine) as session:
-            replay = _replay(session, envelope.id, fingerprint)
-        if replay is None:
-            raise
-        return replay
+
+
+def body_fingerprint(data: dict[str, Any]) -> str:
+    """What tells a replay from a reused event id: the SHA-256 of the canonical JSON."""
+    return hashlib.sha256(
+        json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
 
 
 def _replay(session: Session, event_id: str, fingerprint: str) -> Answer | None:
     stored = session.get(BookingEvent, event_id)
     if stored is None:
         return None
-    if stored.fingerprint != fingerprint:
+    if stored.fingerprint not in (fingerprint, ERASED_FINGERPRINT):
         return 409, {"error": f"event id {event_id!r} was already used for a different body"}
     return 200, json.loads(stored.response)
 
@@ -195,13 +200,26 @@ def _apply(session: Session, kind: str, event: Body | None, context: Context) ->
             event.treatment.id,
         )
     if isinstance(event, Erased):
-        count = erase_patient(session, event.patient.id, context.now)
-        if count is None:
+        erasure = erase_patient(session, event.patient.id, context.now)
+        if erasure is None:
             return Outcome(
                 200, {"erased": False, "reason": "unknown patient id (or erased already)"}
             )
-        log.info("patient erased; %d pending message(s) cancelled", count)
-        return Outcome(200, {"erased": True, "messages_cancelled": count})
+        log.info(
+            "patient erased (%s); %d pending message(s) cancelled, %d to redact at Twilio",
+            erasure.id,
+            erasure.messages_cancelled,
+            erasure.redactions,
+        )
+        return Outcome(
+            200,
+            {
+                "erased": True,
+                "messages_cancelled": erasure.messages_cancelled,
+                "erasure_id": erasure.id,
+                "twilio_redactions": erasure.redactions,
+            },
+        )
     if isinstance(event, Updated):
         count = update_patient(
             session, svc.plans, event.patient.id, event.patient.changes(), svc.clinic, context.now

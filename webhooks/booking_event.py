@@ -17,6 +17,7 @@ from pydantic import field_validator as validates
 
 from notifier.enrolment import PatientChanges, PatientDetails, TreatmentDetails
 from notifier.settings import is_timezone
+from webhooks.encoding import storable
 
 EVENT_TYPES = ("treatment.completed", "treatment.cancelled", "patient.updated", "patient.erased")
 FUTURE_TOLERANCE = timedelta(minutes=5)
@@ -50,10 +51,10 @@ class _Strict(BaseModel):
 
     @validates("*", mode="before")
     @classmethod
-    def _no_nul(cls, value: Any) -> Any:
-        # Databases refuse NUL in text; no booking system means to send one.
-        if isinstance(value, str) and "\x00" in value:
-            raise ValueError("contains a NUL character")
+    def _storable(cls, value: Any) -> Any:
+        # Databases refuse NUL (and lone surrogates) in text; no booking system means one.
+        if isinstance(value, str) and not storable(value):
+            raise ValueError("contains a character no text can hold (NUL or a lone surrogate)")
         return value
 
 

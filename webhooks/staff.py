@@ -7,18 +7,19 @@ rather than being open.
 from __future__ import annotations
 
 import hmac
+from collections import Counter
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlmodel import Session, col, select
 
 from notifier import consent
 from notifier.app import services
-from notifier.db import transaction
-from notifier.models import ConsentChange, Message, Patient, Reply
+from notifier.db import reading, transaction
+from notifier.models import ConsentChange, Message, Patient, Redaction, RedactionStatus, Reply
 from webhooks.encoding import iso_utc
 
 bp = Blueprint("staff", __name__, url_prefix="/api")
@@ -38,14 +39,16 @@ def staff_only(view: View) -> View:
                 {"error": "the staff API is not configured (STAFF_API_TOKENS is unset)"}
             ), 503
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not any(
-            hmac.compare_digest(given.strip().encode(), t.encode()) for t in tokens
-        ):
+        matching = [
+            t for t in tokens if hmac.compare_digest(given.strip().encode(), t.token.encode())
+        ]
+        if scheme.lower() != "bearer" or not matching:
             return (
                 jsonify({"error": "a valid bearer token is required"}),
                 401,
                 {"WWW-Authenticate": "Bearer"},
             )
+        g.staff = matching[0].name  # recorded with every change this request makes
         return view(*args, **kwargs)
 
     return guarded
@@ -104,11 +107,14 @@ def _patient_json(session: Session, patient: Patient) -> dict[str, Any]:
                 "body": r.body,
                 "sid": r.sid,
                 "handled": r.handled,
+                "handled_by": r.handled_by,
+                "handled_at": iso_utc(r.handled_at),
             }
             for r in replies
         ],
         "consent_log": [
-            {"at": iso_utc(c.at), "consented": c.consented, "source": c.source} for c in changes
+            {"at": iso_utc(c.at), "consented": c.consented, "source": c.source, "by": c.by}
+            for c in changes
         ],
     }
 
@@ -153,13 +159,22 @@ def replies() -> ResponseReturnValue:
 @bp.post("/replies/<sid>/handled")
 @staff_only
 def mark_handled(sid: str) -> ResponseReturnValue:
-    with transaction(services().engine) as session:
+    svc = services()
+    with transaction(svc.engine) as session:
         reply = session.exec(select(Reply).where(Reply.sid == sid)).first()
         if reply is None:
             return jsonify({"error": f"no reply {sid!r}"}), 404
-        reply.handled = True
-        session.add(reply)
-    return jsonify({"sid": sid, "handled": True})
+        if not reply.handled:
+            reply.handled, reply.handled_by, reply.handled_at = True, g.staff, svc.clock()
+            session.add(reply)
+        return jsonify(
+            {
+                "sid": sid,
+                "handled": True,
+                "handled_by": reply.handled_by,
+                "handled_at": iso_utc(reply.handled_at),
+            }
+        )
 
 
 @bp.post("/patients/<patient_id>/consent")
@@ -176,6 +191,45 @@ def staff_consent(patient_id: str) -> ResponseReturnValue:
         patient = session.exec(select(Patient).where(Patient.external_id == patient_id)).first()
         if patient is None:
             return jsonify({"error": f"no patient {patient_id!r}"}), 404
+        if not data["opted_out"] and consent.opted_out_by_the_patient(session, patient):
+            return jsonify(
+                {
+                    "error": "the patient opted out themselves (STOP); only the patient can "
+                    "resume, by texting START to the clinic's number"
+                }
+            ), 409
         change = consent.opt_out if data["opted_out"] else consent.opt_in
-        change(session, patient, consent.Source.STAFF, svc.clock())
+        change(session, patient, consent.Source.STAFF, svc.clock(), by=g.staff)
         return jsonify({"id": patient_id, "opted_out": patient.opted_out})
+
+
+@bp.get("/erasures/<erasure_id>")
+@staff_only
+def erasure_state(erasure_id: str) -> ResponseReturnValue:
+    """How an erasure stands at Twilio: `erasure_id` is the one the booking webhook's
+    `patient.erased` answer gave (`erased-N`)."""
+    with reading(services().engine) as session:
+        patient = session.exec(
+            select(Patient).where(
+                Patient.external_id == erasure_id, col(Patient.external_id).startswith("erased-")
+            )
+        ).first()
+        if patient is None:
+            return jsonify({"error": f"no erasure {erasure_id!r}"}), 404
+        redactions = session.exec(
+            select(Redaction).where(Redaction.patient_id == patient.id).order_by(col(Redaction.id))
+        ).all()
+    counts = Counter(r.status for r in redactions)
+    return jsonify(
+        {
+            "id": erasure_id,
+            "erased_at": iso_utc(patient.updated_at),
+            "twilio_redactions": {status: counts[status] for status in RedactionStatus},
+            "complete": counts[RedactionStatus.PENDING] + counts[RedactionStatus.FAILED] == 0,
+            "failed": [
+                {"sid": r.sid, "attempts": r.attempts, "error": r.error}
+                for r in redactions
+                if r.status == RedactionStatus.FAILED
+            ],
+        }
+    )

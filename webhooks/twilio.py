@@ -18,10 +18,9 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
 from notifier.app import services
-from notifier.db import transaction
+from notifier.db import retrying, transaction
 from notifier.delivery import record_callback
 from notifier.inbox import Inbound, receive
-from notifier.keywords import Intent
 from notifier.privacy import mask_phone
 from webhooks.booking_event import parse_phone
 
@@ -72,15 +71,14 @@ def inbound() -> ResponseReturnValue:
         opt_out_type=_field("OptOutType") or None,
     )
     svc = services()
-    with transaction(svc.engine) as session:
-        meaning = receive(session, message, svc.clock())
+    now = svc.clock()
+    # Twilio may deliver the same MessageSid twice at once: the second try sees the first.
+    received = retrying(
+        svc.engine, lambda session: receive(session, message, now, svc.keywords, svc.clinic)
+    )
     reply = MessagingResponse()
-    if meaning is Intent.HELP and not message.opt_out_type:
-        clinic = svc.settings
-        reply.message(
-            f"{clinic.clinic_name}: aftercare messages. Questions? Call "
-            f"{clinic.clinic_phone}. Reply STOP to unsubscribe, START to resume."
-        )
+    if received.answer:
+        reply.message(received.answer)
     return _twiml(reply)
 
 

@@ -15,7 +15,9 @@ prints `listening on http://127.0.0.1:8099` once ready, and serves, besides the
 Twilio API, `GET /_fake/messages`, `GET /_fake/violations` (JSON lists) and
 `POST /_fake/script` (JSON `{"method": "POST", "steps": ["429", ["error", 400, 21211]]}`).
 
-It serves `POST` and `GET /2010-04-01/Accounts/{sid}/Messages.json`. A request the
+It serves `POST` and `GET /2010-04-01/Accounts/{sid}/Messages.json`, and for one
+message `POST .../Messages/{Sid}.json` (redacting its body), `GET
+.../Messages/{Sid}/Media.json` and `DELETE .../Media/{Sid}.json`. A request the
 spec does not allow (including parameters the spec does not name, which
 openapi-core alone lets through) is answered 400 and recorded in `violations`, as
 are Twilio's own rules the spec cannot say (a From or MessagingServiceSid, a Body,
@@ -48,7 +50,7 @@ import sys
 import threading
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from functools import cache
@@ -65,6 +67,17 @@ DEFAULT_SPEC = REPO_ROOT / ".." / "shared" / "twilio" / "twilio_api_v2010.json"
 SPEC_HOST = "https://api.twilio.com"  # the spec's server; requests are checked as if sent there
 MESSAGES = "/2010-04-01/Accounts/{AccountSid}/Messages.json"
 MESSAGES_PATH = re.compile(r"^/2010-04-01/Accounts/(?P<sid>[^/]+)/Messages\.json$")
+# One message, and its photos: redacting an erased patient's messages.
+_ONE = r"^/2010-04-01/Accounts/(?P<sid>[^/]+)/Messages/(?P<message>[^/.]+)"
+MESSAGE_PATH = re.compile(_ONE + r"\.json$")
+MEDIA_LIST_PATH = re.compile(_ONE + r"/Media\.json$")
+MEDIA_PATH = re.compile(_ONE + r"/Media/(?P<media>[^/.]+)\.json$")
+SPEC_PATHS = [
+    (MESSAGES_PATH, MESSAGES),
+    (MESSAGE_PATH, "/2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json"),
+    (MEDIA_LIST_PATH, "/2010-04-01/Accounts/{AccountSid}/Messages/{MessageSid}/Media.json"),
+    (MEDIA_PATH, "/2010-04-01/Accounts/{AccountSid}/Messages/{MessageSid}/Media/{Sid}.json"),
+]
 
 DEFAULT_ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 DEFAULT_AUTH_TOKEN = "fake-twilio-auth-token-0123456789"
@@ -144,8 +157,9 @@ class Contract:
         )
         result = self._app.unmarshal_request(request)
         problems = [_describe(error) for error in result.errors]
-        if MESSAGES_PATH.match(path):
-            problems += self._unknown(method, query, body, headers)
+        template = next((t for pattern, t in SPEC_PATHS if pattern.match(path)), None)
+        if template is not None:
+            problems += self._unknown(template, method, query, body, headers)
         return [f"{method} {path}: {problem}" for problem in problems]
 
     def check_response(self, method: str, path: str, status: int, payload: Any) -> list[str]:
@@ -155,8 +169,8 @@ class Contract:
         result = self._answers.unmarshal_response(request, response)
         return [_describe(error) for error in result.errors]
 
-    def _unknown(self, method: str, query, body: bytes, headers) -> list[str]:
-        operation = self._spec["paths"][MESSAGES].get(method.lower())
+    def _unknown(self, template: str, method: str, query, body: bytes, headers) -> list[str]:
+        operation = self._spec["paths"][template].get(method.lower())
         if operation is None:
             return []
         problems = _unexpected(query, _query_names(operation), set(), "query parameter")
@@ -227,6 +241,8 @@ class FakeMessage:
     status_callback: str | None
     date_created: datetime
     params: dict[str, str] = field(default_factory=dict)
+    direction: str = "outbound-api"
+    media: tuple[str, ...] = ()  # the SIDs of the photos it carries (MExxx)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -323,7 +339,7 @@ class FakeTwilio:
         self._requests: list[RecordedRequest] = []
         self._scripts: dict[str, deque[Fault]] = {"POST": deque(), "GET": deque()}
         self._in_flight = 0
-        self.most_in_flight = 0  # the most POSTs waiting for an answer at once
+        self.most_in_flight = 0  # the most requests waiting for an answer at once
         self._stopping = threading.Event()
         self._port = port
         self._server: _Server | None = None
@@ -397,6 +413,24 @@ class FakeTwilio:
         """Record a message as if sent earlier through the API (for lookups)."""
         return self._record({"To": to, "From": from_, "Body": body}, created)
 
+    def add_inbound(self, from_: str, body: str, photos: int = 0) -> FakeMessage:
+        """Record a message a patient sent the clinic, with `photos` photos."""
+        message = replace(
+            self._record({"To": "+15005550006", "From": from_, "Body": body}),
+            direction="inbound",
+            media=tuple("ME" + secrets.token_hex(16) for _ in range(photos)),
+        )
+        self._replace(message)
+        return message
+
+    def message(self, sid: str) -> FakeMessage | None:
+        with self._lock:
+            return next((m for m in self._messages if m.sid == sid), None)
+
+    def _replace(self, message: FakeMessage) -> None:
+        with self._lock:
+            self._messages = [message if m.sid == message.sid else m for m in self._messages]
+
     # handling
 
     def handle(self, method: str, path: str, query: list[tuple[str, str]], body: bytes, headers):
@@ -411,6 +445,9 @@ class FakeTwilio:
             if problems:
                 self._violation(*problems)
                 return Reply.error(400, 20001, detail="; ".join(problems))
+        one = _match_one(path, self.account_sid)
+        if one is not None:
+            return self._one_message(method, one, body)
         match = MESSAGES_PATH.match(path)
         if match is None or match["sid"] != self.account_sid or method not in ("POST", "GET"):
             self._violation(f"{method} {path}: not served by the fake")
@@ -447,14 +484,7 @@ class FakeTwilio:
 
     def _create(self, params: dict[str, str]) -> Reply:
         fault = self._next_fault("POST")
-        with self._lock:
-            self._in_flight += 1
-            self.most_in_flight = max(self.most_in_flight, self._in_flight)
-        try:
-            self._wait(self.latency)
-        finally:
-            with self._lock:
-                self._in_flight -= 1
+        self._answer_late()
         kind = fault.kind if fault else ""
         if kind in ("429", "500", "error", "reset", "timeout_lost"):
             return self._failure(fault, params.get("To", ""))
@@ -464,6 +494,23 @@ class FakeTwilio:
         if kind == "timeout":
             self._wait(self.timeout_delay)
         return Reply(201, self._resource(message))
+
+    @property
+    def in_flight(self) -> int:
+        """The requests waiting for their answer right now."""
+        with self._lock:
+            return self._in_flight
+
+    def _answer_late(self) -> None:
+        """Wait `latency` before answering, counting the requests waiting at once."""
+        with self._lock:
+            self._in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self._in_flight)
+        try:
+            self._wait(self.latency)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
 
     def _failure(self, fault: Fault, to: str) -> Reply:
         if fault.kind == "429":
@@ -478,6 +525,7 @@ class FakeTwilio:
 
     def _list(self, path: str, query: list[tuple[str, str]]) -> Reply:
         fault = self._next_fault("GET")
+        self._answer_late()
         if fault is not None and fault.kind == "timeout":
             self._wait(self.timeout_delay)
         elif fault is not None:
@@ -507,6 +555,56 @@ class FakeTwilio:
             "uri": uri(number),
         }
 
+    def _one_message(self, method: str, path: re.Match[str], body: bytes) -> Reply:
+        """A message's own resource: redact its body (POST Body=""), list its photos, delete
+        one. Twilio answers 404 (20404) for a message or photo it does not have."""
+        fault = self._next_fault(method) if method in self._scripts else None
+        if fault is not None:
+            return self._failure(fault, "")
+        message = self.message(path["message"])
+        if message is None:
+            return Reply.error(404, 20404)
+        if path.re is MESSAGE_PATH and method == "POST":
+            params = dict(parse_qsl(body.decode(errors="replace"), keep_blank_values=True))
+            message = replace(message, body=params.get("Body", message.body))
+            self._replace(message)
+            return Reply(200, self._resource(message))
+        if path.re is MEDIA_LIST_PATH and method == "GET":
+            return Reply(200, self._media_page(message))
+        if path.re is MEDIA_PATH and method == "DELETE" and path["media"] in message.media:
+            self._replace(replace(message, media=tuple(set(message.media) - {path["media"]})))
+            return Reply(204)
+        if path.re is MEDIA_PATH and method == "DELETE":
+            return Reply.error(404, 20404)
+        self._violation(f"{method} {path.string}: not served by the fake")
+        return Reply.error(405, 20001, detail="method not served")
+
+    def _media_page(self, message: FakeMessage) -> dict[str, Any]:
+        base = f"/2010-04-01/Accounts/{self.account_sid}/Messages/{message.sid}/Media"
+        created = format_datetime(message.date_created)
+        return {
+            "media_list": [
+                {
+                    "account_sid": self.account_sid,
+                    "content_type": "image/jpeg",
+                    "date_created": created,
+                    "date_updated": created,
+                    "parent_sid": message.sid,
+                    "sid": media,
+                    "uri": f"{base}/{media}.json",
+                }
+                for media in message.media
+            ],
+            "end": max(len(message.media) - 1, 0),
+            "first_page_uri": f"{base}.json?PageSize=50&Page=0",
+            "next_page_uri": None,
+            "page": 0,
+            "page_size": 50,
+            "previous_page_uri": None,
+            "start": 0,
+            "uri": f"{base}.json?PageSize=50&Page=0",
+        }
+
     def _resource(self, message: FakeMessage) -> dict[str, Any]:
         """The message as Twilio shows it (dates in RFC 2822, counts as strings)."""
         base = f"/2010-04-01/Accounts/{self.account_sid}/Messages/{message.sid}"
@@ -518,12 +616,12 @@ class FakeTwilio:
             "date_created": created,
             "date_sent": None,
             "date_updated": created,
-            "direction": "outbound-api",
+            "direction": message.direction,
             "error_code": None,
             "error_message": None,
             "from": message.from_,
             "messaging_service_sid": message.messaging_service_sid,
-            "num_media": "0",
+            "num_media": str(len(message.media)),
             "num_segments": "1",
             "price": None,
             "price_unit": "USD",
@@ -565,6 +663,15 @@ class FakeTwilio:
         """Sleep, but wake at once when the fake stops."""
         if seconds > 0:
             self._stopping.wait(seconds)
+
+
+def _match_one(path: str, account_sid: str) -> re.Match[str] | None:
+    """`path` as one message's resource (or its photos') of this account, if it is one."""
+    for pattern in (MESSAGE_PATH, MEDIA_LIST_PATH, MEDIA_PATH):
+        found = pattern.match(path)
+        if found is not None and found["sid"] == account_sid:
+            return found
+    return None
 
 
 def _matching(messages: list[FakeMessage], filters: dict[str, str]) -> list[FakeMessage]:
@@ -651,6 +758,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._serve("POST")
 
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
+
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the test output should not fill with access logs."""
 
@@ -670,7 +780,7 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.status == 0:
             self.close_connection = True
             return
-        data = json.dumps(reply.payload).encode()
+        data = b"" if reply.status == 204 else json.dumps(reply.payload).encode()
         self.send_response(reply.status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
@@ -726,7 +836,7 @@ def _arguments() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--account-sid", default=DEFAULT_ACCOUNT_SID)
     parser.add_argument("--auth-token", default=DEFAULT_AUTH_TOKEN)
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each POST")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each request")
     parser.add_argument("--timeout-delay", type=float, default=3.0, help="how long a timeout hangs")
     parser.add_argument("--fault-rate", type=float, default=0.0, help="share of POSTs that fail")
     parser.add_argument("--faults", default=",".join(RANDOM_FAULTS), help="kinds to draw from")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import create_engine, insert
+from sqlalchemy import create_engine, insert, text
 
 from notifier.models import Message, Patient, Status, Treatment
 
@@ -75,4 +75,10 @@ def seed_messages(
                     for i in ids
                 ],
             )
+        if engine.dialect.name == "postgresql":  # explicit ids: move the sequences past them
+            for table in ("patient", "treatment"):
+                connection.execute(
+                    text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), :last)"),
+                    {"last": count},
+                )
     engine.dispose()
