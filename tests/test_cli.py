@@ -6,11 +6,9 @@ import io
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from notifier.db import make_engine
 from notifier.models import Message, Status
 from notifier.settings import Settings
 from tests.conftest import SECRET, completed_event
+from tests.support.serving import free_port, wait_until_serving
 
 AFTERCARE = str(Path(sys.executable).with_name("aftercare"))
 
@@ -297,14 +296,8 @@ def test_a_second_worker_on_sqlite_refuses_to_start(tmp_path: Path) -> None:
     assert first.returncode == 0  # SIGTERM stops the worker cleanly
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_run_serves_the_web_and_dispatches_to_the_console(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {
         "DATABASE_URL": f"sqlite:///{tmp_path / 'run.sqlite3'}",
         "BOOKING_WEBHOOK_SECRET": SECRET,
@@ -320,7 +313,7 @@ def test_run_serves_the_web_and_dispatches_to_the_console(tmp_path: Path) -> Non
         text=True,
     )
     try:
-        _wait_for(f"http://127.0.0.1:{port}/healthz")
+        wait_until_serving(f"http://127.0.0.1:{port}/healthz")
         # Performed 61 minutes ago in a zone whose window is open all day for this test.
         event = completed_event(
             performed_at=datetime.now(UTC) - timedelta(minutes=61),
@@ -356,19 +349,6 @@ def _zone_in_window() -> str:
     raise AssertionError("no zone found")
 
 
-def _wait_for(url: str, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
-                if response.status == 200:
-                    return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.1)
-
-
 def _read_until(process: subprocess.Popen[str], needle: str, seconds: float) -> str:
     """Read the process's output until `needle` appears, for at most `seconds`.
 
@@ -397,7 +377,7 @@ def _read_until(process: subprocess.Popen[str], needle: str, seconds: float) -> 
 def test_gunicorn_serves_the_app_factory(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'web.sqlite3'}"
     migrate.upgrade(url)
-    port = _free_port()
+    port = free_port()
     gunicorn = str(Path(sys.executable).with_name("gunicorn"))
     web = subprocess.Popen(
         [gunicorn, "--bind", f"127.0.0.1:{port}", "notifier:create_app()"],
@@ -407,7 +387,7 @@ def test_gunicorn_serves_the_app_factory(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_for(f"http://127.0.0.1:{port}/healthz")
+        wait_until_serving(f"http://127.0.0.1:{port}/healthz")
     finally:
         web.terminate()
         web.wait(timeout=30)
@@ -416,7 +396,7 @@ def test_gunicorn_serves_the_app_factory(tmp_path: Path) -> None:
 def test_gunicorn_stops_on_bad_configuration_with_one_clear_line(tmp_path: Path) -> None:
     gunicorn = str(Path(sys.executable).with_name("gunicorn"))
     result = subprocess.run(
-        [gunicorn, "--bind", f"127.0.0.1:{_free_port()}", "notifier:create_app()"],
+        [gunicorn, "--bind", f"127.0.0.1:{free_port()}", "notifier:create_app()"],
         env={**os.environ, "CLINIC_TIMEZONE": "Mars/Olympus"},
         cwd=tmp_path,
         capture_output=True,

@@ -22,8 +22,9 @@ from tests.conftest import BookingSystem, TwilioWebhooks, completed_event
 AT_ONCE = 8
 
 
-def at_once(app: Any, request: Callable[[Any], Any], times: int = AT_ONCE) -> list[Any]:
-    """Fire `request(client)` from `times` threads released together; the answers."""
+def at_once(app: Any, request: Callable[[Any, int], Any], times: int = AT_ONCE) -> list[Any]:
+    """Fire `request(client, n)` from `times` threads (n = 0, 1, ...) released together;
+    the answers, in order of n."""
     barrier = threading.Barrier(times)
     answers: list[Any] = [None] * times
     errors: list[BaseException] = []
@@ -32,7 +33,7 @@ def at_once(app: Any, request: Callable[[Any], Any], times: int = AT_ONCE) -> li
         client = app.test_client()
         barrier.wait(timeout=30)
         try:
-            answers[n] = request(client)
+            answers[n] = request(client, n)
         except BaseException as error:  # a crash in the app must fail the test, not hang it
             errors.append(error)
 
@@ -54,7 +55,7 @@ def test_the_same_event_at_once_is_enrolled_once_and_replayed_to_the_rest(
     app, clock, engine
 ) -> None:
     event = completed_event()
-    answers = at_once(app, lambda client: BookingSystem(client, clock).post(event))
+    answers = at_once(app, lambda client, _: BookingSystem(client, clock).post(event))
 
     statuses = sorted(a.status_code for a in answers)
     assert statuses == [200] * (AT_ONCE - 1) + [201]
@@ -69,12 +70,7 @@ def test_the_same_event_at_once_is_enrolled_once_and_replayed_to_the_rest(
 def test_several_events_for_one_new_patient_and_treatment_at_once_store_them_once(
     app, clock, engine
 ) -> None:
-    ids = iter(range(AT_ONCE))
-    lock = threading.Lock()
-
-    def post(client: Any) -> Any:
-        with lock:
-            n = next(ids)
+    def post(client: Any, n: int) -> Any:
         return BookingSystem(client, clock).post(completed_event(f"evt_retry_{n}"))
 
     answers = at_once(app, post)
@@ -90,12 +86,7 @@ def test_several_events_for_one_new_patient_and_treatment_at_once_store_them_onc
 def test_several_treatments_for_one_new_patient_at_once_make_one_patient(
     app, clock, engine
 ) -> None:
-    ids = iter(range(AT_ONCE))
-    lock = threading.Lock()
-
-    def post(client: Any) -> Any:
-        with lock:
-            n = next(ids)
+    def post(client: Any, n: int) -> Any:
         event = completed_event(f"evt_t_{n}", treatment={"id": f"T-{n}"})
         return BookingSystem(client, clock).post(event)
 
@@ -114,7 +105,7 @@ def test_several_treatments_for_one_new_patient_at_once_make_one_patient(
 def test_the_same_inbound_message_at_once_is_stored_once(app, engine) -> None:
     sid = "SM" + "7" * 32
 
-    def inbound(client: Any) -> Any:
+    def inbound(client: Any, _: int) -> Any:
         return TwilioWebhooks(client).inbound("Is a little redness normal?", sid=sid)
 
     answers = at_once(app, inbound)
@@ -125,13 +116,9 @@ def test_the_same_inbound_message_at_once_is_stored_once(app, engine) -> None:
 
 def test_a_stop_and_a_start_crossing_leave_a_consistent_patient(app, booking, engine) -> None:
     assert booking.post(completed_event()).status_code == 201
-    words = iter(["STOP", "START"] * (AT_ONCE // 2))
-    lock = threading.Lock()
 
-    def keyword(client: Any) -> Any:
-        with lock:
-            word = next(words)
-        return TwilioWebhooks(client).inbound(word)
+    def keyword(client: Any, n: int) -> Any:
+        return TwilioWebhooks(client).inbound("STOP" if n % 2 else "START")
 
     answers = at_once(app, keyword)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from notifier.models import Message, Status
 from notifier.settings import Settings
 from tests.conftest import SECRET, STAFF_TOKEN, BookingSystem, Clock, completed_event
 from tests.support.fake_twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, FakeTwilio
+from tests.support.serving import free_port, wait_until_serving
 from webhooks.signature import sign
 
 BIN = Path(sys.executable).parent
@@ -82,25 +82,6 @@ def _around(log: str, needle: str) -> str:
 def fake_twilio() -> Iterator[FakeTwilio]:
     with FakeTwilio() as fake:
         yield fake
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_until_serving(url: str, process: subprocess.Popen[Any], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
-                if response.status == 200:
-                    return
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("not serving:\n" + log.read_text()) from None
-        time.sleep(0.1)
 
 
 def _stop(process: subprocess.Popen[Any]) -> None:
@@ -206,7 +187,7 @@ def test_database_errors_on_requests_leave_no_personal_data_in_the_logs(
     command: str, database_url: str, fake_twilio: FakeTwilio, tmp_path: Path
 ) -> None:
     _refuse_personal_rows(database_url)
-    port = _free_port()
+    port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     env = _environment(database_url, fake_twilio.base_url, base_url)
     if command == "gunicorn":  # as the Procfile runs it
@@ -221,7 +202,7 @@ def test_database_errors_on_requests_leave_no_personal_data_in_the_logs(
             argv, env=env, cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT
         )
     try:
-        _wait_until_serving(base_url + "/healthz", server, log)
+        wait_until_serving(base_url + "/healthz", server, log)
         web = Web(base_url)
         assert web.enrol("evt-1", "P-1", "Zebulon", "+971501110001") == 201
         # The same name and number again: a unique violation quoting both.

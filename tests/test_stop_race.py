@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlmodel import Session, select
 
 from notifier.dispatch import Dispatcher
@@ -155,12 +156,18 @@ def update_language(booking: Any, language: str) -> None:
     assert booking.post(event).json["updated"] is True
 
 
-def test_an_update_during_a_send_that_must_be_retried_re_renders_it(
-    booking, clock, engine, dispatcher
-) -> None:
+@pytest.fixture
+def english(booking, clock, engine) -> str:
+    """A patient enrolled in English, the app's clock at the first message's due time:
+    that message's body."""
     assert booking.post(completed_event()).status_code == 201
-    english = row(engine, "after_treatment").body
     clock.now = DUE
+    return row(engine, "after_treatment").body
+
+
+def test_an_update_during_a_send_that_must_be_retried_re_renders_it(
+    booking, engine, dispatcher, english
+) -> None:
     with in_flight(dispatcher, DUE) as sender:
         sender.fail_next(RetryLater("429 Too Many Requests"))
         update_language(booking, "ar")
@@ -173,11 +180,8 @@ def test_an_update_during_a_send_that_must_be_retried_re_renders_it(
 
 
 def test_an_update_during_an_accepted_send_keeps_what_was_sent(
-    booking, clock, engine, dispatcher
+    booking, engine, dispatcher, english
 ) -> None:
-    assert booking.post(completed_event()).status_code == 201
-    english = row(engine, "after_treatment").body
-    clock.now = DUE
     with in_flight(dispatcher, DUE) as sender:
         update_language(booking, "ru")
 
