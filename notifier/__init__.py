@@ -1,5 +1,23 @@
-"""Aftercare Notifier: texts clinic patients their aftercare instructions on time."""
+"""Aftercare Notifier: texts clinic patients their aftercare instructions on time.
 
-from notifier.app import create_app
+`notifier:create_app` (the app factory gunicorn and `flask --app notifier` find) is
+imported on first use, so the pure modules (`notifier.schedule`, `notifier.triage`)
+import without Flask.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from notifier.app import create_app
 
 __all__ = ["create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "create_app":
+        from notifier.app import create_app
+
+        return create_app
+    raise AttributeError(f"module 'notifier' has no attribute {name!r}")

@@ -241,8 +241,10 @@ def plan() -> None:
 )
 @clear_errors
 def check(directory: Path | None) -> None:
-    """Validate every plan file, and the keyword file and WhatsApp template mapping
-    against them."""
+    """Validate every plan file, and the keyword file, triage rules and WhatsApp template
+    mapping against them."""
+    from notifier.triage import TriageError, load_triage
+
     settings = Settings.from_env()
     plans = load_plans(directory or settings.plans_dir)
     for kind, item in sorted(plans.items()):
@@ -254,6 +256,11 @@ def check(directory: Path | None) -> None:
     counts = Counter(lang for word in keywords.words.values() for lang in word.languages)
     per_language = ", ".join(f"{lang} {counts[lang]}" for lang in keywords.answers)
     click.echo(f"ok  keywords ({keywords.source}): words per language {per_language}")
+    try:
+        triage = load_triage(plans)
+    except TriageError as error:  # each line names the file: no "plan error" heading
+        raise click.ClickException(str(error)) from None
+    click.echo(f"ok  triage ({triage.source}): {triage.summary()}")
     templates = load_whatsapp_templates(settings, plans)
     source = settings.whatsapp_templates_file
     found = f"{len(templates.by_step)} templates" if source.exists() else "no file: SMS fallback"
