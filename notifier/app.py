@@ -20,6 +20,7 @@ from notifier.keywords import Keywords, load_keywords
 from notifier.outbox import Clinic
 from notifier.plan import Plan, PlanError, load_plans
 from notifier.privacy import GUNICORN_LOGGERS, mask_handlers
+from notifier.schedule import quiet_conflicts
 from notifier.settings import ConfigError, Settings
 from notifier.whatsapp import Templates, load_whatsapp_templates
 
@@ -45,7 +46,8 @@ class Services:
 
     @property
     def clinic(self) -> Clinic:
-        return Clinic(self.settings.clinic_name, self.settings.clinic_phone)
+        settings = self.settings
+        return Clinic(settings.clinic_name, settings.clinic_phone, settings.quiet_hours)
 
 
 def create_app(
@@ -81,6 +83,8 @@ def _build(settings: Settings, engine: Engine | None, clock: Clock) -> Flask:
             app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=0
         )
     plans = load_plans(settings.plans_dir)
+    if conflicts := quiet_conflicts(plans.values(), settings.quiet_hours):
+        raise ConfigError("QUIET_HOURS: no message could ever go out for " + "; ".join(conflicts))
     app.extensions["aftercare"] = Services(
         settings=settings,
         engine=engine or make_engine(settings.database_url),

@@ -27,6 +27,7 @@ from notifier.outcome import PassReport
 from notifier.plan import PlanError, load_plans
 from notifier.preview import render_preview
 from notifier.queue import queue_state
+from notifier.schedule import quiet_conflicts
 from notifier.settings import ConfigError, Settings
 from notifier.whatsapp import load_whatsapp_templates
 from notifier.worker import WorkerLockError, build_dispatcher, run_worker, single_worker_lock
@@ -247,6 +248,8 @@ def check(directory: Path | None) -> None:
 
     settings = Settings.from_env()
     plans = load_plans(directory or settings.plans_dir)
+    if conflicts := quiet_conflicts(plans.values(), settings.quiet_hours):
+        raise ConfigError("QUIET_HOURS: no message could ever go out for " + "; ".join(conflicts))
     for kind, item in sorted(plans.items()):
         click.echo(f"ok  {kind}: {len(item.steps)} steps, languages {', '.join(item.languages)}")
     try:

@@ -7,15 +7,14 @@ booking event can never lift a patient's STOP; only the patient (START) can.
 
 from __future__ import annotations
 
-from datetime import datetime, time
+from datetime import datetime
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, col, select, update
 
 from notifier.models import ConsentChange, Message, Patient, Status
-from notifier.plan import Window
-from notifier.schedule import into_window
+from notifier.schedule import QuietHours, retime
 
 
 class Source(StrEnum):
@@ -26,9 +25,16 @@ class Source(StrEnum):
 
 
 def set_booking_consent(
-    session: Session, patient: Patient, consented: bool, now: datetime, *, first: bool = False
+    session: Session,
+    patient: Patient,
+    consented: bool,
+    now: datetime,
+    *,
+    quiet: QuietHours | None,
+    first: bool = False,
 ) -> None:
-    """Apply the clinic's consent flag; withdrawing it holds pending messages.
+    """Apply the clinic's consent flag; withdrawing it holds pending messages, giving it
+    back resumes them (outside `quiet` hours).
 
     A patient's `first` flag (a patient created just now) is always logged, later
     ones only when they change. A new patient has no messages to hold or resume."""
@@ -41,7 +47,7 @@ def set_booking_consent(
     if first:
         return
     if consented and not patient.opted_out:
-        resume_held(session, patient, now)
+        resume_held(session, patient, now, quiet)
     elif not consented:
         hold_pending(session, patient, now)
 
@@ -60,16 +66,23 @@ def opt_out(
 
 
 def opt_in(
-    session: Session, patient: Patient, source: Source, now: datetime, by: str | None = None
+    session: Session,
+    patient: Patient,
+    source: Source,
+    now: datetime,
+    by: str | None = None,
+    *,
+    quiet: QuietHours | None,
 ) -> None:
-    """The patient asked to resume: held messages still valid are scheduled again."""
+    """The patient asked to resume: held messages still valid are scheduled again, at
+    the next moment inside their window and outside `quiet` hours."""
     if not patient.opted_out:
         return
     patient.opted_out = False
     session.add(patient)
     _log(session, patient, True, source, now, by)
     if patient.consented:
-        resume_held(session, patient, now)
+        resume_held(session, patient, now, quiet)
 
 
 def hold_pending(session: Session, patient: Patient, now: datetime) -> int:
@@ -82,29 +95,25 @@ def hold_pending(session: Session, patient: Patient, now: datetime) -> int:
     return int(result.rowcount)
 
 
-def resume_held(session: Session, patient: Patient, now: datetime) -> int:
-    """Held messages still valid go back to scheduled, into the next send window;
-    those past expiry become expired. Returns how many were rescheduled."""
+def resume_held(session: Session, patient: Patient, now: datetime, quiet: QuietHours | None) -> int:
+    """Held messages still valid go back to scheduled, at the next moment inside their
+    send window and outside the quiet hours; those that expire first become expired.
+    Returns how many were rescheduled."""
     tz = ZoneInfo(patient.timezone)
     held = session.exec(
         select(Message).where(Message.patient_id == patient.id, Message.status == Status.HELD)
     ).all()
     resumed = 0
     for message in held:
-        send_at = into_window(max(now, message.send_at), message_window(message), tz)
+        when = retime(message, max(now, message.send_at), quiet, tz)
         message.updated_at = now
-        if send_at >= message.expires_at:
+        if when.expired:
             message.status = Status.EXPIRED
         else:
-            message.status, message.send_at = Status.SCHEDULED, send_at
+            message.status, message.send_at = Status.SCHEDULED, when.at
             resumed += 1
         session.add(message)
     return resumed
-
-
-def message_window(message: Message) -> Window:
-    """The send window frozen on a message when it was scheduled."""
-    return Window(time(*divmod(message.window_start, 60)), time(*divmod(message.window_end, 60)))
 
 
 def opted_out_by_the_patient(session: Session, patient: Patient) -> bool:

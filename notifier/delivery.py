@@ -16,6 +16,7 @@ from sqlmodel import Session, col, select
 
 from notifier import whatsapp
 from notifier.models import Message, Patient, Status, StatusCallback
+from notifier.schedule import QuietHours
 
 EARLY_CALLBACK_HORIZON = timedelta(days=1)
 RANK = {
@@ -55,11 +56,13 @@ def record_callback(
     now: datetime,
     *,
     sms_fallback: bool = True,
+    quiet: QuietHours | None,
 ) -> Message | None:
     """Store a callback and move its message forward; the message, if known yet.
 
     WhatsApp reports most "cannot reach this person" failures here, after it took the
-    message: such a message is sent again by SMS when `sms_fallback` allows."""
+    message: such a message is sent again by SMS when `sms_fallback` allows, outside
+    the `quiet` hours."""
     message = session.exec(select(Message).where(Message.sid == sid)).first()
     session.add(
         StatusCallback(
@@ -71,7 +74,7 @@ def record_callback(
         )
     )
     if message is not None:
-        _apply(session, message, twilio_status, error_code, now, sms_fallback)
+        _apply(session, message, twilio_status, error_code, now, sms_fallback, quiet)
     return message
 
 
@@ -82,6 +85,7 @@ def _apply(
     error_code: int | None,
     now: datetime,
     sms_fallback: bool,
+    quiet: QuietHours | None,
 ) -> None:
     """Move the message forward; WhatsApp's "cannot reach" failures go again by SMS."""
     moved = advance(message, as_status(twilio_status), error_code, now)
@@ -89,7 +93,7 @@ def _apply(
         patient = session.get(Patient, message.patient_id)
         if patient is not None and patient.phone is not None:
             reason = f"WhatsApp {message.status} with error {error_code} ({message.sid})"
-            whatsapp.fall_back_to_sms(message, reason, ZoneInfo(patient.timezone), now)
+            whatsapp.fall_back_to_sms(message, reason, ZoneInfo(patient.timezone), now, quiet)
     session.add(message)
 
 
@@ -101,7 +105,9 @@ def _unreachable_on_whatsapp(message: Message, error_code: int | None) -> bool:
     )
 
 
-def match_early_callbacks(session: Session, now: datetime, *, sms_fallback: bool = True) -> int:
+def match_early_callbacks(
+    session: Session, now: datetime, *, sms_fallback: bool = True, quiet: QuietHours | None
+) -> int:
     """Apply callbacks that came before their message's SID was stored (Twilio can be
     faster than our commit). Only the last day is looked at: older unmatched ones are
     for messages this service did not send.
@@ -127,7 +133,7 @@ def match_early_callbacks(session: Session, now: datetime, *, sms_fallback: bool
         message = messages[message_id]
         callback.message_id = message.id
         session.add(callback)
-        _apply(session, message, callback.status, callback.error_code, now, sms_fallback)
+        _apply(session, message, callback.status, callback.error_code, now, sms_fallback, quiet)
     return len(matches)
 
 

@@ -71,7 +71,7 @@ class Dispatcher:
         self.sender = sender
         self.plans = plans
         self.settings = settings
-        self.clinic = Clinic(settings.clinic_name, settings.clinic_phone)
+        self.clinic = Clinic(settings.clinic_name, settings.clinic_phone, settings.quiet_hours)
         callback = f"{settings.public_base_url}/webhooks/twilio/status"
         self.router = Router(
             plans,
@@ -114,7 +114,10 @@ class Dispatcher:
             report.more = report.more and self.throttled_until is None
         with transaction(self.engine) as session:
             delivery.match_early_callbacks(
-                session, now, sms_fallback=self.settings.whatsapp_sms_fallback
+                session,
+                now,
+                sms_fallback=self.settings.whatsapp_sms_fallback,
+                quiet=self.settings.quiet_hours,
             )
         return report
 

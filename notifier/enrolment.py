@@ -78,7 +78,9 @@ def complete_treatment(
     """Apply a `treatment.completed` event."""
     patient, new_patient = _upsert_patient(session, who, now)
     treatment, created, moved = _upsert_treatment(session, patient, what, now)
-    set_booking_consent(session, patient, who.consent, now, first=new_patient)
+    set_booking_consent(
+        session, patient, who.consent, now, quiet=clinic.quiet_hours, first=new_patient
+    )
     outcome = Enrolment(patient=patient, treatment=treatment, created=created)
     # A patient created just now has no other sessions to supersede.
     if not new_patient and _superseded_by_later(session, treatment, now):
@@ -139,7 +141,7 @@ def update_patient(
     session.add(patient)
     session.flush()
     if changes.consent is not None:
-        set_booking_consent(session, patient, changes.consent, now)
+        set_booking_consent(session, patient, changes.consent, now, quiet=clinic.quiet_hours)
     treatments = session.exec(
         select(Treatment).where(
             Treatment.patient_id == patient.id, Treatment.status == TreatmentStatus.ACTIVE

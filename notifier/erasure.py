@@ -13,8 +13,10 @@ the other's (replies are theirs by the patient they were stored against).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import insert
 from sqlmodel import Session, col, select, update
@@ -124,23 +126,41 @@ def _ask_twilio_to_redact(
             col(Message.patient_id) == patient_id, col(Message.sid).is_not(None)
         )
     ).all()
+    wanted = [TwilioCopy(sid, False, patient_id) for sid in sent if sid]
+    wanted += [TwilioCopy(sid, True, patient_id) for sid in replies.values()]
+    return queue_redactions(session, wanted, now)
+
+
+class TwilioCopy(NamedTuple):
+    """A message Twilio keeps: one we sent (`inbound` False) or a reply, and whose it is
+    (None: a reply from a number no patient had)."""
+
+    sid: str
+    inbound: bool
+    patient_id: int | None
+
+
+def queue_redactions(session: Session, wanted: Iterable[TwilioCopy], now: datetime) -> int:
+    """A pending `Redaction` for each message Twilio keeps that none is queued for yet
+    (the console's own SIDs are not Twilio's); `notifier.retention` uses it too.
+    Returns how many were queued."""
+    by_sid = {copy.sid: copy for copy in wanted}
+    if not by_sid:
+        return 0
     known = set(
-        session.exec(
-            select(Redaction.sid).where(col(Redaction.sid).in_([*sent, *replies.values()]))
-        ).all()
+        session.exec(select(Redaction.sid).where(col(Redaction.sid).in_(list(by_sid)))).all()
     )
-    wanted = [(sid, False) for sid in sent if sid] + [(sid, True) for sid in replies.values()]
     rows = [
         {
-            "patient_id": patient_id,
+            "patient_id": copy.patient_id,
             "sid": sid,
-            "inbound": inbound,
+            "inbound": copy.inbound,
             "status": RedactionStatus.PENDING,
             "attempts": 0,
             "next_at": now,
             "created_at": now,
         }
-        for sid, inbound in dict(wanted).items()
+        for sid, copy in by_sid.items()
         if sid not in known and not sid.startswith("CONSOLE")
     ]
     if rows:

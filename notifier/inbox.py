@@ -62,7 +62,7 @@ def receive(
             consent.opt_out(session, patient, consent.Source.KEYWORD, now)
     elif meaning is Intent.START:
         for patient in patients:
-            consent.opt_in(session, patient, consent.Source.KEYWORD, now)
+            consent.opt_in(session, patient, consent.Source.KEYWORD, now, quiet=clinic.quiet_hours)
     elif meaning is Intent.REPLY:
         _store_reply(session, message, patients, now)
     log.info(

@@ -90,6 +90,15 @@ class Message(SQLModel, table=True):
             postgresql_where=text("status IN ('scheduled', 'held')"),
             sqlite_where=text("status IN ('scheduled', 'held')"),
         ),
+        # The bodies still kept, by last change: retention (`notifier.retention`) walks
+        # it from where it stopped, so an hourly run reads only what fell past its cutoff.
+        Index(
+            "ix_message_retention",
+            "updated_at",
+            "id",
+            postgresql_where=text("body IS NOT NULL"),
+            sqlite_where=text("body IS NOT NULL"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -144,6 +153,17 @@ class ConsentChange(SQLModel, table=True):
 class Reply(SQLModel, table=True):
     """An inbound message that is not a keyword: something for staff to read."""
 
+    __table_args__ = (
+        # The texts still kept, by arrival: what retention walks (see `Message`).
+        Index(
+            "ix_reply_retention",
+            "received_at",
+            "id",
+            postgresql_where=text("body IS NOT NULL"),
+            sqlite_where=text("body IS NOT NULL"),
+        ),
+    )
+
     id: int | None = Field(default=None, primary_key=True)
     sid: str = Field(max_length=64, unique=True)  # Twilio's MessageSid: one row per message
     patient_id: int | None = Field(default=None, foreign_key="patient.id", index=True)
@@ -185,8 +205,9 @@ class RedactionStatus(StrEnum):
 
 
 class Redaction(SQLModel, table=True):
-    """A message of an erased patient that Twilio still keeps: its body is to be redacted
-    there (and, for a reply, the photos deleted), retried until Twilio has done it."""
+    """A message of an erased patient (or one past retention) that Twilio still keeps: its
+    body is to be redacted there (and, for a reply, the photos deleted), retried until
+    Twilio has done it."""
 
     __table_args__ = (
         Index(
@@ -198,7 +219,9 @@ class Redaction(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    patient_id: int = Field(foreign_key="patient.id", index=True)  # the erased (anonymous) row
+    # The erased (anonymous) row, or whose message went past retention; None for a reply
+    # from a number no patient had.
+    patient_id: int | None = Field(default=None, foreign_key="patient.id", index=True)
     sid: str = Field(max_length=64, unique=True)  # Twilio's SID of the message or reply
     inbound: bool = False  # a reply: the photos it carried are deleted too
     status: str = Field(default=RedactionStatus.PENDING, max_length=16)

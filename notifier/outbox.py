@@ -15,15 +15,16 @@ from sqlmodel import Session, col, select, update
 
 from notifier.models import PENDING, WENT_OUT, Message, Patient, Status, Treatment
 from notifier.plan import Plan, Step
-from notifier.schedule import PlannedMessage, next_occurrence, plan_messages
+from notifier.schedule import PlannedMessage, QuietHours, next_occurrence, plan_messages
 
 
 @dataclass(frozen=True)
 class Clinic:
-    """What a message may say about the clinic."""
+    """What a message may say about the clinic, and the hours none may go out in."""
 
     name: str
     phone: str
+    quiet_hours: QuietHours | None  # QUIET_HOURS: no plan window overrides them
 
 
 def schedule_treatment(
@@ -53,7 +54,9 @@ def schedule_treatment(
                 )
             ).all()
         )
-    planned = plan_messages(plan, treatment.performed_at, ZoneInfo(patient.timezone), now)
+    planned = plan_messages(
+        plan, treatment.performed_at, ZoneInfo(patient.timezone), now, quiet=clinic.quiet_hours
+    )
     rows = [
         _row(plan, patient, treatment, item, clinic, now)
         for item in planned
@@ -89,7 +92,12 @@ def schedule_next_yearly(
     if step is None or not step.yearly:
         return None
     item = next_occurrence(
-        step, treatment.performed_at, ZoneInfo(patient.timezone), after=message.occurrence, now=now
+        step,
+        treatment.performed_at,
+        ZoneInfo(patient.timezone),
+        after=message.occurrence,
+        now=now,
+        quiet=clinic.quiet_hours,
     )
     if item is None:
         return None
@@ -119,7 +127,12 @@ def refresh_pending(
         item = None
         if step is not None:
             item = next_occurrence(
-                step, treatment.performed_at, tz, after=message.occurrence - 1, now=now
+                step,
+                treatment.performed_at,
+                tz,
+                after=message.occurrence - 1,
+                now=now,
+                quiet=clinic.quiet_hours,
             )
         if item is None:
             continue  # the step left the plan since: the message stays as it was

@@ -15,12 +15,12 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, col, select
 
-from notifier import consent, whatsapp
+from notifier import whatsapp
 from notifier.models import Message, Patient, Status, Treatment, TreatmentStatus
 from notifier.outbox import Clinic, rerender, schedule_next_yearly
 from notifier.plan import Plan
 from notifier.privacy import mask_phone
-from notifier.schedule import into_window
+from notifier.schedule import retime
 from notifier.sending import SendError
 from notifier.settings import Settings
 
@@ -113,17 +113,18 @@ class Outcomes:
     def defer_to_window(
         self, session: Session, item: Claimed, now: datetime, report: PassReport
     ) -> bool:
-        """A message picked up after its window closed waits for the next one (or expires)."""
+        """A message picked up outside its window, or inside the quiet hours (stored before
+        QUIET_HOURS was set, say), waits for the next moment it may go (or expires)."""
         message = item.message
         tz = ZoneInfo(item.patient.timezone)
-        send_at = into_window(now, consent.message_window(message), tz)
-        if send_at == now and now < message.expires_at:
+        when = retime(message, now, self.settings.quiet_hours, tz)
+        if when.at == now and not when.expired:
             return False
-        if send_at >= message.expires_at:
+        if when.expired:
             self.finish(session, item, Status.EXPIRED, now)
             report.expired += 1
         else:
-            message.status, message.send_at, message.updated_at = Status.SCHEDULED, send_at, now
+            message.status, message.send_at, message.updated_at = Status.SCHEDULED, when.at, now
             message.attempts -= 1  # waiting for the window is not a failed attempt
             report.deferred += 1
         return True
@@ -142,7 +143,11 @@ class Outcomes:
         if self.settle_unwanted(session, item, now, report):
             return True
         whatsapp.fall_back_to_sms(
-            message, f"WhatsApp error {error.code}: {error}", ZoneInfo(item.patient.timezone), now
+            message,
+            f"WhatsApp error {error.code}: {error}",
+            ZoneInfo(item.patient.timezone),
+            now,
+            self.settings.quiet_hours,
         )
         message.lease_until = None
         report.retrying += 1
@@ -171,16 +176,17 @@ class Outcomes:
         if self.settle_unwanted(session, item, now, report):
             return
         self._follow_patient(item)
-        send_at = into_window(
+        when = retime(
+            message,
             now + self.backoff(message.attempts),
-            consent.message_window(message),
+            self.settings.quiet_hours,
             ZoneInfo(item.patient.timezone),
         )
-        if send_at >= message.expires_at:
+        if when.expired:
             self.finish(session, item, Status.EXPIRED, now)
             report.expired += 1
             return
-        message.status, message.send_at, message.updated_at = Status.SCHEDULED, send_at, now
+        message.status, message.send_at, message.updated_at = Status.SCHEDULED, when.at, now
         message.error_code, message.error_message = error.code, str(error)[:255]
         report.retrying += 1
 

@@ -2,8 +2,9 @@
 
 Twilio keeps the body and numbers of every message an account sent or received.
 Erasing a patient (`notifier.erasure`) leaves a pending `Redaction` for each of
-theirs; the worker asks Twilio to redact the body (`Body=""` on the Message) and to
-delete a reply's photos, a batch per pass, outside any transaction like a send. A
+theirs, and retention (`notifier.retention`) one for each text it erases; the worker
+asks Twilio to redact the body (`Body=""` on the Message) and to delete a reply's
+photos, a batch per pass, outside any transaction like a send. A
 redaction is repeatable, so a row is reserved for a lease rather than claimed: a
 worker that dies mid-request leaves it to be asked again. Twilio refuses to redact a
 message that is not final yet, so refusals are retried with backoff, for up to

@@ -17,6 +17,8 @@ from zoneinfo import available_timezones
 
 import phonenumbers
 
+from notifier.schedule import QuietHours
+
 DEFAULT_DATABASE_URL = "sqlite:///aftercare.sqlite3"
 DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
 PLANS_DIR = Path(__file__).resolve().parent.parent / "config" / "plans"
@@ -26,6 +28,9 @@ KEYWORDS_FILE = PLANS_DIR.parent / "keywords.toml"
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _STAFF_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MIN_SECRET_LENGTH = 16  # staff tokens and the booking secret: guessing must be hopeless
+# RETENTION_DAYS: a typo ("3" for 30, "36" for 365) must not erase current aftercare.
+MIN_RETENTION_DAYS = 30
+MAX_RETENTION_DAYS = 36_525  # 100 years
 
 
 @cache
@@ -79,11 +84,13 @@ class Settings:
     lease_seconds: int = 300
     max_attempts: int = 8
     retry_base_seconds: float = 30.0
+    retention_days: int | None = None  # erase texts of treatments past this; None: keep
     plans_dir: Path = PLANS_DIR
     whatsapp_templates_file: Path = TEMPLATES_FILE
     whatsapp_templates_required: bool = False  # named explicitly: it must exist
     whatsapp_sms_fallback: bool = True
     keywords_file: Path = KEYWORDS_FILE  # STOP/START/HELP words per language
+    quiet_hours: QuietHours | None = None  # QUIET_HOURS: patient-local, no plan overrides
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -107,11 +114,13 @@ class Settings:
             lease_seconds=int(env.number("DISPATCH_LEASE_SECONDS", 300, 5, 300)),
             retry_base_seconds=env.number("DISPATCH_RETRY_BASE_SECONDS", 30.0, 1, 600),
             max_attempts=int(env.number("DISPATCH_MAX_ATTEMPTS", 8, 1, 50)),
+            retention_days=_retention_days(env.get("RETENTION_DAYS")),
             plans_dir=Path(env.get("AFTERCARE_PLANS_DIR") or PLANS_DIR),
             whatsapp_templates_file=Path(env.get("WHATSAPP_TEMPLATES_FILE") or TEMPLATES_FILE),
             whatsapp_templates_required=env.get("WHATSAPP_TEMPLATES_FILE") is not None,
             whatsapp_sms_fallback=env.flag("WHATSAPP_SMS_FALLBACK", default=True),
             keywords_file=Path(env.get("KEYWORDS_FILE") or KEYWORDS_FILE),
+            quiet_hours=_quiet_hours(env.get("QUIET_HOURS")),
         )
         _check_combination(settings)
         return settings
@@ -224,6 +233,23 @@ def _database_url(url: str) -> str:
     return url
 
 
+def _retention_days(value: str | None) -> int | None:
+    """Whole days, MIN_RETENTION_DAYS or more; unset keeps everything."""
+    if value is None:
+        return None
+    if not re.fullmatch(r"[0-9]+", value):
+        raise ConfigError(
+            f"RETENTION_DAYS: {value!r} is not a whole number of days (unset it to keep all)"
+        )
+    days = int(value)
+    if not MIN_RETENTION_DAYS <= days <= MAX_RETENTION_DAYS:
+        raise ConfigError(
+            f"RETENTION_DAYS: {days} is outside {MIN_RETENTION_DAYS}..{MAX_RETENTION_DAYS} "
+            "(days; a shorter period is more likely a typo than a policy)"
+        )
+    return days
+
+
 def _twilio(env: _Env) -> TwilioSettings | None:
     sid, token = env.get("TWILIO_ACCOUNT_SID"), env.get("TWILIO_AUTH_TOKEN")
     if sid is None and token is None:
@@ -252,6 +278,16 @@ def _twilio(env: _Env) -> TwilioSettings | None:
         api_base_url=(env.url("TWILIO_API_BASE_URL") or DEFAULT_TWILIO_API_BASE_URL),
         timeout_seconds=env.number("TWILIO_TIMEOUT_SECONDS", 15.0, 1, 30),
     )
+
+
+def _quiet_hours(value: str | None) -> QuietHours | None:
+    """`HH:MM-HH:MM` in the patient's local time, wrapping midnight if need be; unset: none."""
+    if value is None:
+        return None
+    try:
+        return QuietHours.parse(value)
+    except ValueError as error:
+        raise ConfigError(f"QUIET_HOURS: {error}") from None
 
 
 def _check_combination(settings: Settings) -> None:

@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from notifier.consent import message_window
 from notifier.models import Message, Status
 from notifier.plan import PLACEHOLDERS, Plan, PlanError
-from notifier.schedule import into_window
+from notifier.schedule import QuietHours, retime
 from notifier.settings import Settings
 
 WINDOW = timedelta(hours=24)
@@ -136,14 +135,16 @@ def _template(
     return Template(content_sid=str(sid), variables={str(k): str(v) for k, v in variables.items()})
 
 
-def fall_back_to_sms(message: Message, reason: str, tz: ZoneInfo, now: datetime) -> None:
+def fall_back_to_sms(
+    message: Message, reason: str, tz: ZoneInfo, now: datetime, quiet: QuietHours | None
+) -> None:
     """Send the same message by SMS instead, at the next moment of its send window
-    (or expire it); the reason is recorded on the message."""
+    outside the quiet hours (or expire it); the reason is recorded on the message."""
     message.channel, message.fallback_reason = "sms", reason[:255]
     message.sid = message.content_sid = None
     message.updated_at = now
-    send_at = into_window(now, message_window(message), tz)
-    if send_at >= message.expires_at:
+    when = retime(message, now, quiet, tz)
+    if when.expired:
         message.status = Status.EXPIRED
     else:
-        message.status, message.send_at = Status.SCHEDULED, send_at
+        message.status, message.send_at = Status.SCHEDULED, when.at

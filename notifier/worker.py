@@ -16,13 +16,15 @@ from typing import IO
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.schedulers.base import STATE_STOPPED, BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from notifier.dispatch import Dispatcher
 from notifier.plan import load_plans
+from notifier.retention import INTERVAL as RETENTION_INTERVAL
+from notifier.retention import Retention
 from notifier.sending import ConsoleSender, Sender
 from notifier.settings import Settings
 from notifier.whatsapp import load_whatsapp_templates
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
 
 JOB_ID = "dispatch"
+RETENTION_JOB_ID = "retention"
 WAKE_MARGIN = timedelta(milliseconds=50)
 
 
@@ -127,12 +130,37 @@ def add_dispatch_job(
     return job
 
 
+def add_retention_job(
+    scheduler: BaseScheduler, engine: Engine, settings: Settings
+) -> Retention | None:
+    """With RETENTION_DAYS, retention runs hourly from start-up as a job of its own, so
+    it never delays a pass; it stops between batches once the scheduler shuts down."""
+    if settings.retention_days is None:
+        return None
+    retention = Retention(
+        engine, settings.retention_days, stopping=lambda: scheduler.state == STATE_STOPPED
+    )
+    scheduler.add_job(
+        retention,
+        "interval",
+        id=RETENTION_JOB_ID,
+        seconds=RETENTION_INTERVAL.total_seconds(),
+        next_run_time=datetime.now(UTC),
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=None,
+    )
+    log.info("retention: texts of treatments past %d days are erased, hourly", retention.keep.days)
+    return retention
+
+
 def run_worker(settings: Settings, engine: Engine) -> None:
     """The dispatcher loop alone, until SIGTERM or Ctrl-C."""
     with single_worker_lock(settings.database_url):
         dispatcher = build_dispatcher(settings, engine)
         scheduler = BlockingScheduler(timezone=UTC)
         job = add_dispatch_job(scheduler, dispatcher, settings)
+        add_retention_job(scheduler, engine, settings)
 
         def stop(_signum: int, _frame: FrameType | None) -> None:
             job.stopping.set()
@@ -157,6 +185,7 @@ def dispatching_in_background(settings: Settings, engine: Engine) -> Iterator[Ba
     scheduler = BackgroundScheduler(timezone=UTC)
     dispatcher = build_dispatcher(settings, engine)
     job = add_dispatch_job(scheduler, dispatcher, settings)
+    add_retention_job(scheduler, engine, settings)
     scheduler.start()
     try:
         yield scheduler

@@ -198,8 +198,17 @@ def staff_consent(patient_id: str) -> ResponseReturnValue:
                     "resume, by texting START to the clinic's number"
                 }
             ), 409
-        change = consent.opt_out if data["opted_out"] else consent.opt_in
-        change(session, patient, consent.Source.STAFF, svc.clock(), by=g.staff)
+        if data["opted_out"]:
+            consent.opt_out(session, patient, consent.Source.STAFF, svc.clock(), by=g.staff)
+        else:
+            consent.opt_in(
+                session,
+                patient,
+                consent.Source.STAFF,
+                svc.clock(),
+                by=g.staff,
+                quiet=svc.settings.quiet_hours,
+            )
         return jsonify({"id": patient_id, "opted_out": patient.opted_out})
 
 

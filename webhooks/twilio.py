@@ -100,6 +100,7 @@ def status() -> ResponseReturnValue:
             error_code,
             svc.clock(),
             sms_fallback=svc.settings.whatsapp_sms_fallback,
+            quiet=svc.settings.quiet_hours,
         )
     if message is None:
         log.info("status %s for unknown message %s (kept for when it is known)", reported, sid)
