@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -76,7 +77,52 @@ def _sqlite_begin(connection: Connection) -> None:
 
 
 _WRITES = "aftercare_writes"
-_WRITE_LOCKS: dict[str, threading.RLock] = {}
+
+
+class TurnLock:
+    """A lock the threads of a process get in the order they asked for it.
+
+    `threading.Lock` lets a thread that just arrived overtake one that has waited, so
+    under a steady stream of writers a few wait far longer than the rest. Here each
+    waiter queues and is handed the lock by the one before. Re-entrant for its holder."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._queue: deque[threading.Event] = deque()
+        self._owner: int | None = None
+        self._depth = 0
+
+    def acquire(self, timeout: float) -> bool:
+        me = threading.get_ident()
+        with self._guard:
+            if self._owner == me:
+                self._depth += 1
+                return True
+            if self._owner is None and not self._queue:
+                self._owner, self._depth = me, 1
+                return True
+            turn = threading.Event()
+            self._queue.append(turn)
+        granted = turn.wait(timeout)
+        with self._guard:
+            if not granted and not turn.is_set():
+                self._queue.remove(turn)
+                return False
+            self._owner, self._depth = me, 1  # handed over by `release`
+            return True
+
+    def release(self) -> None:
+        with self._guard:
+            self._depth -= 1
+            if self._depth:
+                return
+            self._owner = None
+            if self._queue:
+                self._owner = -1  # reserved for the next in line until it wakes
+                self._queue.popleft().set()
+
+
+_WRITE_LOCKS: dict[str, TurnLock] = {}
 _WRITERS: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
 _WRITE_LOCKS_GUARD = threading.Lock()
 WRITE_LOCK_TIMEOUT = 30.0  # seconds, as SQLite's busy timeout
@@ -99,7 +145,7 @@ def _one_writer(engine: Engine) -> Iterator[Engine]:
         yield engine
         return
     with _WRITE_LOCKS_GUARD:
-        lock = _WRITE_LOCKS.setdefault(str(engine.url.database), threading.RLock())
+        lock = _WRITE_LOCKS.setdefault(str(engine.url.database), TurnLock())
         writer = _WRITERS.get(engine)
         if writer is None:
             writer = _WRITERS[engine] = engine.execution_options(**{_WRITES: True})

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from sqlmodel import Session, func, select
 
 from notifier import create_app
-from notifier.db import make_engine
+from notifier.db import TurnLock, make_engine
 from notifier.models import BookingEvent, ConsentChange, Message, Patient, Reply, Treatment
 from tests.conftest import BookingSystem, TwilioWebhooks, completed_event
 
@@ -147,3 +148,41 @@ def test_a_database_that_cannot_be_reached_answers_503_to_try_again(settings, cl
     assert answer.status_code == 503
     assert answer.headers["Retry-After"] == "5"
     assert answer.get_json()["error"] == "Service Unavailable"
+
+
+def test_sqlite_writers_of_a_process_get_the_database_in_the_order_they_asked() -> None:
+    lock = TurnLock()
+    assert lock.acquire(timeout=1)
+    order: list[int] = []
+
+    def writer(n: int) -> None:
+        assert lock.acquire(timeout=10)
+        order.append(n)
+        lock.release()
+
+    threads = []
+    for n in range(5):  # each queues behind the one before it
+        thread = threading.Thread(target=writer, args=(n,))
+        thread.start()
+        threads.append(thread)
+        deadline = time.monotonic() + 5
+        while len(lock._queue) < n + 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+    lock.release()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert order == [0, 1, 2, 3, 4]
+
+
+def test_a_writer_that_gives_up_waiting_leaves_the_queue() -> None:
+    lock = TurnLock()
+    assert lock.acquire(timeout=1)
+    assert lock.acquire(timeout=1)  # re-entrant for its holder
+    lock.release()
+    waited: list[bool] = []
+    thread = threading.Thread(target=lambda: waited.append(lock.acquire(timeout=0.05)))
+    thread.start()
+    thread.join(timeout=10)
+    assert waited == [False] and not lock._queue
+    lock.release()
+    assert lock.acquire(timeout=0.05)  # free again
