@@ -9,14 +9,13 @@ keyword: "stop please" is a reply, not an opt-out.
 from __future__ import annotations
 
 import string
-import tomllib
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from notifier.plan import Plan, PlanError
+from notifier.plan import Plan, PlanError, languages_needed, parse_rules, read_rules
 
 
 class Intent(StrEnum):
@@ -160,26 +159,16 @@ def answer(
 def load_keywords(path: Path, plans: Mapping[str, Plan]) -> Keywords:
     """The keyword file, checked against the plans' languages; `KeywordError` lists
     every problem, each naming the file."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as error:
-        raise KeywordError([f"{path}: cannot read the keyword file ({error.strerror})"]) from None
-    except UnicodeDecodeError:
-        raise KeywordError([f"{path}: not UTF-8 text"]) from None
-    needed = {lang: kind for kind, plan in sorted(plans.items()) for lang in plan.languages}
-    return parse_keywords(text, str(path), needed)
+    text = read_rules(path, "keyword", KeywordError)
+    return parse_keywords(text, str(path), languages_needed(plans))
 
 
 def parse_keywords(text: str, source: str, needed: Mapping[str, str]) -> Keywords:
     """Parse one keyword file; `needed` maps each language a plan carries to that plan."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise KeywordError([f"{source}: not valid TOML: {error}"]) from None
+    data, missing = parse_rules(text, source, needed, KeywordError)
     reader = _Reader(source)
-    for lang, kind in needed.items():
-        if lang not in data:
-            reader.problem(f"no [{lang}] table, but plan {kind!r} carries language {lang!r}")
+    for problem in missing:
+        reader.problem(problem)
     for lang, table in data.items():
         reader.language(lang, table)
     reader.twilio_words()

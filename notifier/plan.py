@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import string
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import time, timedelta
 from pathlib import Path
@@ -56,6 +57,39 @@ class PlanError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+def read_rules(path: Path, what: str, error: type[PlanError]) -> str:
+    """The text of a rules file that plans' languages must cover (keywords, triage);
+    `error` (a PlanError kind) names the file when it cannot be read."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as failure:
+        raise error([f"{path}: cannot read the {what} file ({failure.strerror})"]) from None
+    except UnicodeDecodeError:
+        raise error([f"{path}: not UTF-8 text"]) from None
+
+
+def parse_rules(
+    text: str, source: str, needed: Mapping[str, str], error: type[PlanError]
+) -> tuple[dict[str, Any], list[str]]:
+    """A rules file's TOML, and a problem for each language a plan carries (`needed`:
+    language -> plan kind) that it has no table for."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as failure:
+        raise error([f"{source}: not valid TOML: {failure}"]) from None
+    missing = [
+        f"no [{lang}] table, but plan {kind!r} carries language {lang!r}"
+        for lang, kind in needed.items()
+        if lang not in data
+    ]
+    return data, missing
+
+
+def languages_needed(plans: Mapping[str, Plan]) -> dict[str, str]:
+    """Each language a plan carries, and (the first) plan that carries it."""
+    return {lang: kind for kind, plan in sorted(plans.items()) for lang in plan.languages}
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ counts unless a negation plainly denies it, and a photo counts unless its text c
 from __future__ import annotations
 
 import re
-import tomllib
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from notifier.keywords import normalise
-from notifier.plan import Plan, PlanError
+from notifier.plan import Plan, PlanError, languages_needed, parse_rules, read_rules
 
 TRIAGE_FILE = Path(__file__).resolve().parent.parent / "config" / "triage.toml"
 COMMON = "common"  # the table of rules in no language in particular: emoji, "?"
@@ -243,26 +242,16 @@ def _punctuation(word: str) -> bool:
 def load_triage(plans: Mapping[str, Plan], path: Path = TRIAGE_FILE) -> TriageRules:
     """The triage file, checked against the plans' languages; `TriageError` lists every
     problem, each naming the file."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as error:
-        raise TriageError([f"{path}: cannot read the triage file ({error.strerror})"]) from None
-    except UnicodeDecodeError:
-        raise TriageError([f"{path}: not UTF-8 text"]) from None
-    needed = {lang: kind for kind, plan in sorted(plans.items()) for lang in plan.languages}
-    return parse_triage(text, str(path), needed)
+    text = read_rules(path, "triage", TriageError)
+    return parse_triage(text, str(path), languages_needed(plans))
 
 
 def parse_triage(text: str, source: str, needed: Mapping[str, str]) -> TriageRules:
     """Parse one triage file; `needed` maps each language a plan carries to that plan."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise TriageError([f"{source}: not valid TOML: {error}"]) from None
+    data, missing = parse_rules(text, source, needed, TriageError)
     reader = _Reader(source)
-    for lang, kind in needed.items():
-        if lang not in data:
-            reader.problem(f"no [{lang}] table, but plan {kind!r} carries language {lang!r}")
+    for problem in missing:
+        reader.problem(problem)
     for lang, table in data.items():
         reader.table(lang, table)
     reader.same_signs()
