@@ -128,7 +128,7 @@ def _ask_twilio_to_redact(
     ).all()
     wanted = [TwilioCopy(sid, False, patient_id) for sid in sent if sid]
     wanted += [TwilioCopy(sid, True, patient_id) for sid in replies.values()]
-    return queue_redactions(session, wanted, now)
+    return queue_redactions(session, wanted, now, erasure=True)
 
 
 class TwilioCopy(NamedTuple):
@@ -140,10 +140,12 @@ class TwilioCopy(NamedTuple):
     patient_id: int | None
 
 
-def queue_redactions(session: Session, wanted: Iterable[TwilioCopy], now: datetime) -> int:
+def queue_redactions(
+    session: Session, wanted: Iterable[TwilioCopy], now: datetime, *, erasure: bool = False
+) -> int:
     """A pending `Redaction` for each message Twilio keeps that none is queued for yet
-    (the console's own SIDs are not Twilio's); `notifier.retention` uses it too.
-    Returns how many were queued."""
+    (the console's own SIDs are not Twilio's); `notifier.retention` uses it too. An
+    `erasure`'s go before retention's. Returns how many were queued."""
     by_sid = {copy.sid: copy for copy in wanted}
     if not by_sid:
         return 0
@@ -155,6 +157,7 @@ def queue_redactions(session: Session, wanted: Iterable[TwilioCopy], now: dateti
             "patient_id": copy.patient_id,
             "sid": sid,
             "inbound": copy.inbound,
+            "erasure": erasure,
             "status": RedactionStatus.PENDING,
             "attempts": 0,
             "next_at": now,

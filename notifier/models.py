@@ -216,6 +216,13 @@ class Redaction(SQLModel, table=True):
             postgresql_where=text("status = 'pending'"),
             sqlite_where=text("status = 'pending'"),
         ),
+        # An erasure's redactions go before retention's, however many those are.
+        Index(
+            "ix_redaction_erasure_due",
+            "next_at",
+            postgresql_where=text("status = 'pending' AND erasure"),
+            sqlite_where=text("status = 'pending' AND erasure"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -224,6 +231,7 @@ class Redaction(SQLModel, table=True):
     patient_id: int | None = Field(default=None, foreign_key="patient.id", index=True)
     sid: str = Field(max_length=64, unique=True)  # Twilio's SID of the message or reply
     inbound: bool = False  # a reply: the photos it carried are deleted too
+    erasure: bool = False  # asked for by `patient.erased` (else by retention): goes first
     status: str = Field(default=RedactionStatus.PENDING, max_length=16)
     attempts: int = 0
     next_at: datetime = Field(sa_column=_utc())

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
-from sqlmodel import col, select, update
+from sqlmodel import Session, col, select, update
 
 from notifier.db import transaction
 from notifier.models import Redaction, RedactionStatus
@@ -43,18 +43,10 @@ class Redactor:
     def run(self, now: datetime, sender: Sender) -> int:
         """Redact one batch of what is due through `sender`; returns how many are done."""
         with transaction(self.engine) as session:
-            due = list(
-                session.exec(
-                    select(Redaction)
-                    .where(
-                        col(Redaction.status) == RedactionStatus.PENDING,
-                        col(Redaction.next_at) <= now,
-                    )
-                    .order_by(col(Redaction.next_at))
-                    .limit(self.batch)
-                    .with_for_update(skip_locked=True)
-                ).all()
-            )
+            # An erasure's go first, so a patient's erasure never waits behind a backlog
+            # of messages past retention.
+            due = self._due(session, now, erasure=True, limit=self.batch)
+            due += self._due(session, now, erasure=False, limit=self.batch - len(due))
             if not due:
                 return 0
             session.exec(
@@ -69,6 +61,26 @@ class Redactor:
                 redaction.attempts += 1
                 self._settle(redaction, answer, now)
         return sum(answer is None for answer in answers)
+
+    def _due(
+        self, session: Session, now: datetime, *, erasure: bool, limit: int
+    ) -> list[Redaction]:
+        """Up to `limit` due redactions of an erasure (or of retention), oldest first."""
+        if limit <= 0:
+            return []
+        return list(
+            session.exec(
+                select(Redaction)
+                .where(
+                    col(Redaction.status) == RedactionStatus.PENDING,
+                    col(Redaction.next_at) <= now,
+                    col(Redaction.erasure).is_(erasure),
+                )
+                .order_by(col(Redaction.next_at))
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+        )
 
     def _settle(self, redaction: Redaction, answer: Exception | None, now: datetime) -> None:
         if answer is None:

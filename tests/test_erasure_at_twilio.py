@@ -7,6 +7,8 @@ until done, visible in the staff API), with requests Twilio's spec allows.
 
 from __future__ import annotations
 
+import random
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -14,7 +16,9 @@ import pytest
 from sqlmodel import Session, select
 
 from notifier import erasure
+from notifier.dispatch import Dispatcher
 from notifier.models import Redaction, Reply
+from notifier.plan import load_plans
 from notifier.redaction import REDACTION_GIVE_UP
 from notifier.sending import Outgoing, RateLimited, Redact
 from notifier.twilio_sender import TwilioSender
@@ -201,3 +205,31 @@ def test_a_redaction_twilio_rate_limits_is_returned_to_retry() -> None:
         finally:
             sender.close()
     assert isinstance(outcome, RateLimited)
+
+
+def test_an_erasure_goes_to_twilio_before_a_backlog_of_retention(
+    booking: BookingSystem, engine: Any, sender: Any, settings: Any
+) -> None:
+    assert booking.post(completed_event()).status_code == 201
+    dispatcher = Dispatcher(
+        engine,
+        sender,
+        load_plans(settings.plans_dir),
+        replace(settings, dispatch_batch_size=2),
+        rng=random.Random(5),
+    )
+    try:
+        dispatcher.run_pass(DUE)  # after_treatment goes out
+        [sent] = list(sender.carrier_log)
+        with Session(engine) as session:  # retention queued these long before
+            session.add_all(
+                Redaction(sid=f"SM{n:032d}", next_at=START, created_at=START) for n in range(5)
+            )
+            session.commit()
+        booking.post(erase_event())
+
+        dispatcher.run_pass(DUE + timedelta(minutes=1))
+    finally:
+        dispatcher.close()
+    assert sender.redacted[0].sid == sent  # first, despite the older backlog
+    assert len(sender.redacted) == 2
