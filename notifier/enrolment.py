@@ -19,7 +19,13 @@ from sqlmodel import Session, col, select
 
 from notifier.consent import set_booking_consent
 from notifier.models import Message, Patient, Status, Treatment, TreatmentStatus
-from notifier.outbox import Clinic, cancel_pending, refresh_pending, schedule_treatment
+from notifier.outbox import (
+    Clinic,
+    Planned,
+    cancel_pending,
+    refresh_pending,
+    schedule_treatment,
+)
 from notifier.plan import Plan
 
 
@@ -52,18 +58,18 @@ class Enrolment:
     patient: Patient
     treatment: Treatment
     created: bool
-    messages: list[Message] = field(default_factory=list)
+    messages: list[Planned] = field(default_factory=list)
     reason: str | None = None
 
     @property
-    def scheduled(self) -> list[Message]:
+    def scheduled(self) -> list[Planned]:
         return sorted(
             (m for m in self.messages if m.status == Status.SCHEDULED),
             key=lambda m: (m.send_at, m.step, m.occurrence),
         )
 
     @property
-    def expired(self) -> list[Message]:
+    def expired(self) -> list[Planned]:
         return [m for m in self.messages if m.status == Status.EXPIRED]
 
 
@@ -94,9 +100,10 @@ def complete_treatment(
             session, plan, patient, treatment, clinic, now, new=created
         )
     else:
-        outcome.messages = list(
-            session.exec(select(Message).where(Message.treatment_id == treatment.id)).all()
-        )
+        outcome.messages = [
+            Planned.of(m)
+            for m in session.exec(select(Message).where(Message.treatment_id == treatment.id))
+        ]
     if patient.opted_out and not outcome.reason:
         outcome.reason = "the patient has opted out (STOP); messages are held"
     return outcome
