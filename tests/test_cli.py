@@ -31,7 +31,7 @@ def aftercare(
     clean = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("TWILIO_", "DATABASE_URL", "BOOKING_", "STAFF_"))
+        if not k.startswith(("TWILIO_", "DATABASE_URL", "BOOKING_", "STAFF_", "KEYWORDS_"))
     }
     return subprocess.run(
         [AFTERCARE, *args],

@@ -14,8 +14,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import subprocess
-import sys
 import unicodedata
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -39,12 +37,12 @@ from notifier.models import ConsentChange, Reply
 from notifier.plan import load_plans
 from notifier.settings import Settings
 from tests.conftest import STAFF_TOKEN, BookingSystem, Clock, TwilioWebhooks, completed_event
+from tests.test_cli import aftercare
 
 PHONE = "+971501234567"
 STAFF = {"Authorization": f"Bearer {STAFF_TOKEN}"}
 CLINIC = {"clinic_name": "Skin Clinic", "clinic_phone": "+971 4 000 0000"}
 SHIPPED: Keywords = load_keywords(Settings().keywords_file, load_plans(Settings().plans_dir))
-AFTERCARE = str(Path(sys.executable).with_name("aftercare"))
 
 OUT, IN, HELP, REPLY = "opted out", "opted in", "help", "reply"
 MEANING = {OUT: Intent.STOP, IN: Intent.START, HELP: Intent.HELP}
@@ -592,18 +590,6 @@ def test_create_app_from_the_environment_ends_with_one_line_per_problem(
 
 
 # -- aftercare plan check -------------------------------------------------------------------------
-
-
-def aftercare(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "KEYWORDS_"))}
-    return subprocess.run(
-        [AFTERCARE, *args],
-        env={**clean, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_plan_check_validates_the_shipped_keyword_file() -> None:

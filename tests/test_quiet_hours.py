@@ -267,8 +267,9 @@ def test_quiet_hours_covering_a_steps_whole_window_stop_start_up(settings, engin
     assert "step 'no_wash_reminder': send window 09:00-20:00" in str(raised.value)
 
 
-def preview(*extra: str, quiet: str | None = "21:00-08:00") -> str:
-    result = aftercare(
+def run_preview(*extra: str, quiet: str | None = "21:00-08:00") -> Any:
+    """`aftercare plan preview` of a treatment at 20:30 in Dubai, with QUIET_HOURS."""
+    return aftercare(
         "plan",
         "preview",
         "--kind",
@@ -280,6 +281,10 @@ def preview(*extra: str, quiet: str | None = "21:00-08:00") -> str:
         *extra,
         env={"QUIET_HOURS": quiet} if quiet else {},
     )
+
+
+def preview(*extra: str, quiet: str | None = "21:00-08:00") -> str:
+    result = run_preview(*extra, quiet=quiet)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -304,16 +309,6 @@ def test_plan_preview_shows_a_step_the_quiet_hours_expire() -> None:
 
 
 def test_plan_preview_refuses_malformed_quiet_hours_naming_the_variable() -> None:
-    result = aftercare(
-        "plan",
-        "preview",
-        "--kind",
-        "scalp_micropigmentation",
-        "--performed-at",
-        "2027-03-01T20:30:00+04:00",
-        "--tz",
-        "Asia/Dubai",
-        env={"QUIET_HOURS": "9pm-8am"},
-    )
+    result = run_preview(quiet="9pm-8am")
     assert result.returncode == 1
     assert "configuration error: QUIET_HOURS: '9pm-8am' is not HH:MM-HH:MM" in result.stderr

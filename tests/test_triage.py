@@ -10,7 +10,6 @@ the pure function, the triage file's validation, and `aftercare plan check`.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -35,10 +34,10 @@ from notifier.triage import (
     parse_triage,
 )
 from tests.support.triage_cases import ALL, ARABIC, ENGLISH, RUSSIAN, URGENT, Case
+from tests.test_cli import aftercare
 
 PLANS = load_plans(Settings().plans_dir)
 SHIPPED: TriageRules = load_triage(PLANS)
-AFTERCARE = str(Path(sys.executable).with_name("aftercare"))
 MIN_ACCURACY = 0.95  # the table's; urgent recall must be 100 %
 
 
@@ -494,18 +493,6 @@ def test_the_shipped_file_covers_every_plan_language_with_the_same_signs() -> No
 
 
 # -- aftercare plan check -----------------------------------------------------------------------
-
-
-def aftercare(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "KEYWORDS_"))}
-    return subprocess.run(
-        [AFTERCARE, *args],
-        env={**clean, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_plan_check_validates_the_shipped_triage_file() -> None:
