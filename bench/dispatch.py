@@ -35,9 +35,9 @@ from bench.support import (
     twilio_settings,
     worker_env,
 )
-from notifier.models import Message, Status
-from notifier.sending import Outgoing
-from notifier.twilio_sender import TwilioSender
+from notifier.delivery.sender import Outgoing
+from notifier.delivery.twilio_sender import TwilioSender
+from notifier.store.models import Message, Status
 from tests.support.seed import seed_messages
 
 AFTERCARE = str(Path(sys.executable).with_name("aftercare"))

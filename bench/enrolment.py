@@ -32,7 +32,7 @@ from pathlib import Path
 from sqlalchemy import text
 
 from bench.support import Row, fresh_database, gunicorn
-from notifier.db import make_engine
+from notifier.store.db import make_engine
 from webhooks.signature import TOLERANCE_SECONDS, sign
 
 PATH = "/webhooks/booking"

@@ -48,12 +48,12 @@ from sqlalchemy import update as core_update
 from sqlmodel import col
 
 from bench.support import ROOT, Row, fresh_database, peak_rss_mb, worker_env
-from notifier.db import make_engine
-from notifier.dispatch import Dispatcher
-from notifier.models import Message, Status, StatusCallback
-from notifier.plan import load_plans
-from notifier.sending import ConsoleSender
+from notifier.delivery.dispatcher import Dispatcher
+from notifier.delivery.sender import ConsoleSender
+from notifier.planning.plan import load_plans
 from notifier.settings import Settings
+from notifier.store.db import make_engine
+from notifier.store.models import Message, Status, StatusCallback
 from tests.support.seed import seed_messages
 
 AFTERCARE = str(Path(sys.executable).with_name("aftercare"))

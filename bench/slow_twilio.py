@@ -42,7 +42,7 @@ from bench.support import (
     gunicorn,
     worker_env,
 )
-from notifier.models import Message, Status
+from notifier.store.models import Message, Status
 from tests.support.seed import seed_messages
 from webhooks.signature import sign
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from notifier import migrate
 from notifier.settings import Settings, TwilioSettings
+from notifier.store import migrate
 from tests.support.postgres import admin_connection
 
 ROOT = Path(__file__).resolve().parent.parent

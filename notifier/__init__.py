@@ -1,7 +1,7 @@
 """Aftercare Notifier: texts clinic patients their aftercare instructions on time.
 
 `notifier:create_app` (the app factory gunicorn and `flask --app notifier` find) is
-imported on first use, so the pure modules (`notifier.schedule`, `notifier.triage`)
+imported on first use, so the pure modules (`notifier.planning.schedule`, `notifier.replies.triage`)
 import without Flask.
 """
 
@@ -10,14 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from notifier.app import create_app
+    from webhooks.app import create_app
 
 __all__ = ["create_app"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "create_app":
-        from notifier.app import create_app
+        from webhooks.app import create_app
 
         return create_app
     raise AttributeError(f"module 'notifier' has no attribute {name!r}")

@@ -19,17 +19,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 
-from notifier import migrate
-from notifier.db import make_engine
-from notifier.dispatch import Dispatcher
-from notifier.keywords import KeywordError, load_keywords
-from notifier.outcome import PassReport
-from notifier.plan import PlanError, load_plans
-from notifier.preview import render_preview
-from notifier.queue import queue_state
-from notifier.schedule import quiet_conflicts
+from notifier.consent.keywords import KeywordError, load_keywords
+from notifier.delivery.dispatcher import Dispatcher
+from notifier.delivery.outcomes import PassReport
+from notifier.delivery.queue_health import queue_state
+from notifier.delivery.whatsapp import load_whatsapp_templates
+from notifier.planning.plan import PlanError, load_plans
+from notifier.planning.preview import render_preview
+from notifier.planning.schedule import quiet_conflicts
 from notifier.settings import ConfigError, Settings
-from notifier.whatsapp import load_whatsapp_templates
+from notifier.store import migrate
+from notifier.store.db import make_engine
 from notifier.worker import WorkerLockError, build_dispatcher, run_worker, single_worker_lock
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -68,7 +68,7 @@ def clear_errors(command: F) -> F:
 @click.group()
 def main() -> None:
     """Aftercare Notifier: texts patients their aftercare instructions on time."""
-    from notifier.app import install_log_masking
+    from notifier.privacy import install_log_masking
 
     install_log_masking()  # every command: a phone number in any log line is masked
 
@@ -244,7 +244,7 @@ def plan() -> None:
 def check(directory: Path | None) -> None:
     """Validate every plan file, and the keyword file, triage rules and WhatsApp template
     mapping against them."""
-    from notifier.triage import TriageError, load_triage
+    from notifier.replies.triage import TriageError, load_triage
 
     settings = Settings.from_env()
     plans = load_plans(directory or settings.plans_dir)
@@ -311,7 +311,9 @@ def preview(
         ) from None
     performed = _aware(performed_at, "--performed-at")
     now = _aware(now_text, "--now") if now_text else performed
-    click.echo(render_preview(plans[kind], performed, tz, now, language, first_name, settings))
+    click.echo(
+        render_preview(plans[kind], performed, tz, now, language, first_name, settings.clinic)
+    )
 
 
 @main.group()

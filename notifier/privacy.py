@@ -74,3 +74,18 @@ def mask_handlers(handlers: Iterable[logging.Handler]) -> None:
     for handler in handlers:
         if not any(isinstance(f, PhoneMaskingFilter) for f in handler.filters):
             handler.addFilter(PhoneMaskingFilter())
+
+
+def install_log_masking() -> None:
+    """Mask phone numbers and database values, tracebacks included, on every handler that
+    writes logs (a safety net under explicit masking): the root's (APScheduler's job
+    errors and the app's own) and gunicorn's error and access logs, which
+    gunicorn has set up before it loads the app in a worker."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    mask_handlers(root.handlers)
+    for name in GUNICORN_LOGGERS:
+        mask_handlers(logging.getLogger(name).handlers)

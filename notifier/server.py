@@ -13,11 +13,11 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 
-from notifier.app import create_app
-from notifier.db import make_engine
 from notifier.privacy import mask_handlers
 from notifier.settings import Settings
+from notifier.store.db import make_engine
 from notifier.worker import dispatching_in_background, single_worker_lock
+from webhooks.app import create_app
 
 
 class MaskingLogger(Logger):  # type: ignore[misc]

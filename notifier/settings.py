@@ -17,7 +17,8 @@ from zoneinfo import available_timezones
 
 import phonenumbers
 
-from notifier.schedule import QuietHours
+from notifier.planning.clinic import Clinic
+from notifier.planning.schedule import QuietHours
 
 DEFAULT_DATABASE_URL = "sqlite:///aftercare.sqlite3"
 DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
@@ -91,6 +92,11 @@ class Settings:
     whatsapp_sms_fallback: bool = True
     keywords_file: Path = KEYWORDS_FILE  # STOP/START/HELP words per language
     quiet_hours: QuietHours | None = None  # QUIET_HOURS: patient-local, no plan overrides
+
+    @property
+    def clinic(self) -> Clinic:
+        """The clinic as its messages speak of it."""
+        return Clinic(self.clinic_name, self.clinic_phone, self.quiet_hours)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

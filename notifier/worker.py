@@ -21,13 +21,13 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from notifier.dispatch import Dispatcher
-from notifier.plan import load_plans
-from notifier.retention import INTERVAL as RETENTION_INTERVAL
-from notifier.retention import Retention
-from notifier.sending import ConsoleSender, Sender
+from notifier.consent.retention import INTERVAL as RETENTION_INTERVAL
+from notifier.consent.retention import Retention
+from notifier.delivery.dispatcher import Dispatcher
+from notifier.delivery.sender import ConsoleSender, Sender
+from notifier.delivery.whatsapp import load_whatsapp_templates
+from notifier.planning.plan import load_plans
 from notifier.settings import Settings
-from notifier.whatsapp import load_whatsapp_templates
 
 log = logging.getLogger(__name__)
 # APScheduler reports every run of the job at INFO; a pass logs its own summary.
@@ -46,7 +46,7 @@ def build_sender(settings: Settings) -> Sender:
     """Twilio when credentials are set, else the console."""
     if settings.twilio is None:
         return ConsoleSender()
-    from notifier.twilio_sender import TwilioSender
+    from notifier.delivery.twilio_sender import TwilioSender
 
     return TwilioSender(settings.twilio, concurrency=settings.dispatch_concurrency)
 

@@ -19,12 +19,13 @@ import pytest
 from sqlalchemy.engine import make_url
 from twilio.request_validator import RequestValidator
 
-from notifier import create_app, migrate
-from notifier.db import make_engine
-from notifier.dispatch import Dispatcher
-from notifier.plan import load_plans
-from notifier.sending import Accepted, Lookup, OneByOne, Outgoing, Redact, SendError
+from notifier import create_app
+from notifier.delivery.dispatcher import Dispatcher
+from notifier.delivery.sender import Accepted, Lookup, OneByOne, Outgoing, Redact, SendError
+from notifier.planning.plan import load_plans
 from notifier.settings import Settings, StaffToken, TwilioSettings
+from notifier.store import migrate
+from notifier.store.db import make_engine
 from tests.support.postgres import admin_connection
 from webhooks.signature import sign
 

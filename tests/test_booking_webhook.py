@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from sqlmodel import Session, select
 
 from notifier import create_app
-from notifier.db import make_engine
-from notifier.models import BookingEvent, Message, Patient, Treatment
 from notifier.settings import Settings, StaffToken
+from notifier.store.db import make_engine
+from notifier.store.models import BookingEvent, Message, Patient, Treatment
 from tests.conftest import (
     SECRET,
     STAFF_TOKEN,

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
-from notifier import create_app, migrate
-from notifier.db import make_engine
-from notifier.models import Message, Status
+from notifier import create_app
 from notifier.settings import Settings
+from notifier.store import migrate
+from notifier.store.db import make_engine
+from notifier.store.models import Message, Status
 from tests.conftest import SECRET, completed_event
 from tests.support.serving import free_port, wait_until_serving
 

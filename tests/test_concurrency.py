@@ -16,8 +16,8 @@ from typing import Any
 from sqlmodel import Session, func, select
 
 from notifier import create_app
-from notifier.db import TurnLock, make_engine
-from notifier.models import BookingEvent, ConsentChange, Message, Patient, Reply, Treatment
+from notifier.store.db import TurnLock, make_engine
+from notifier.store.models import BookingEvent, ConsentChange, Message, Patient, Reply, Treatment
 from tests.conftest import BookingSystem, TwilioWebhooks, completed_event
 
 AT_ONCE = 8

@@ -11,11 +11,11 @@ from datetime import timedelta
 import pytest
 from sqlmodel import Session, select
 
-from notifier.dispatch import Dispatcher
-from notifier.models import Message, Status
-from notifier.plan import load_plans
+from notifier.delivery.dispatcher import Dispatcher
+from notifier.delivery.twilio_sender import TwilioSender
+from notifier.planning.plan import load_plans
 from notifier.settings import TwilioSettings
-from notifier.twilio_sender import TwilioSender
+from notifier.store.models import Message, Status
 from tests.conftest import START, completed_event
 from tests.support.fake_twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, FakeTwilio
 

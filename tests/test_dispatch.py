@@ -10,11 +10,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlmodel import Session, col, select
 
-from notifier.dispatch import Dispatcher
-from notifier.models import ConsentChange, Patient, Status
-from notifier.outcome import PassReport, retry_delay
-from notifier.plan import load_plans
-from notifier.sending import Ambiguous, PermanentFailure, RecipientOptedOut, RetryLater
+from notifier.delivery.dispatcher import Dispatcher
+from notifier.delivery.outcomes import PassReport, retry_delay
+from notifier.delivery.sender import Ambiguous, PermanentFailure, RecipientOptedOut, RetryLater
+from notifier.planning.plan import load_plans
+from notifier.store.models import ConsentChange, Patient, Status
 from tests.conftest import START, completed_event
 from tests.support.rows import row as by_step
 from tests.support.rows import rows as messages
@@ -277,7 +277,7 @@ def test_a_pass_with_nothing_due_does_nothing(dispatcher, sender) -> None:
 def test_a_rate_limit_halves_the_next_claim_and_pauses_briefly(
     engine, dispatcher, sender, settings
 ) -> None:
-    from notifier.sending import RateLimited
+    from notifier.delivery.sender import RateLimited
 
     due = by_step(engine, "after_treatment").send_at
     sender.fail_next(RateLimited("429 Too Many Requests", code=20429))

@@ -15,12 +15,12 @@ import pytest
 from sqlmodel import Session, select
 
 from notifier.cli import dispatch_until_done
-from notifier.db import make_engine
-from notifier.dispatch import Dispatcher
-from notifier.models import Message, Status
-from notifier.outcome import PassReport
-from notifier.plan import load_plans
-from notifier.sending import RateLimited
+from notifier.delivery.dispatcher import Dispatcher
+from notifier.delivery.outcomes import PassReport
+from notifier.delivery.sender import RateLimited
+from notifier.planning.plan import load_plans
+from notifier.store.db import make_engine
+from notifier.store.models import Message, Status
 from tests.conftest import Clock, RecordingSender, make_settings
 from tests.support.seed import seed_messages
 from tests.test_cli import aftercare

@@ -18,11 +18,12 @@ import pytest
 from sqlalchemy import inspect, text
 from sqlmodel import Session, SQLModel, col, func, select
 
-from notifier import create_app, migrate
-from notifier.db import make_engine
-from notifier.dispatch import Dispatcher
-from notifier.models import ConsentChange, Message, StatusCallback
+from notifier import create_app
+from notifier.delivery.dispatcher import Dispatcher
 from notifier.settings import Settings, StaffToken
+from notifier.store import migrate
+from notifier.store.db import make_engine
+from notifier.store.models import ConsentChange, Message, StatusCallback
 from tests.conftest import (
     SECRET,
     STAFF_TOKEN,

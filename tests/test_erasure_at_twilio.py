@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from sqlmodel import Session, select
 
-from notifier import erasure
-from notifier.dispatch import Dispatcher
-from notifier.models import Redaction, Reply
-from notifier.plan import load_plans
-from notifier.redaction import REDACTION_GIVE_UP
-from notifier.sending import Outgoing, RateLimited, Redact
-from notifier.twilio_sender import TwilioSender
+from notifier.consent import erasure
+from notifier.delivery.dispatcher import Dispatcher
+from notifier.delivery.redaction import REDACTION_GIVE_UP
+from notifier.delivery.sender import Outgoing, RateLimited, Redact
+from notifier.delivery.twilio_sender import TwilioSender
+from notifier.planning.plan import load_plans
+from notifier.store.models import Redaction, Reply
 from tests.conftest import STAFF_TOKEN, START, BookingSystem, TwilioWebhooks, completed_event
 from tests.support.fake_twilio import FakeTwilio
 from tests.test_erasure import erase_event, leftovers, patient_view

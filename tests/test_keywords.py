@@ -23,7 +23,7 @@ import pytest
 from sqlmodel import Session, func, select
 
 from notifier import create_app
-from notifier.keywords import (
+from notifier.consent.keywords import (
     Intent,
     KeywordError,
     Keywords,
@@ -33,9 +33,9 @@ from notifier.keywords import (
     normalise,
     parse_keywords,
 )
-from notifier.models import ConsentChange, Reply
-from notifier.plan import load_plans
+from notifier.planning.plan import load_plans
 from notifier.settings import Settings
+from notifier.store.models import ConsentChange, Reply
 from tests.conftest import STAFF_TOKEN, BookingSystem, Clock, TwilioWebhooks, completed_event
 from tests.test_cli import aftercare
 

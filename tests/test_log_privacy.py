@@ -27,9 +27,9 @@ from sqlmodel import Session, select
 from twilio.request_validator import RequestValidator
 
 from notifier import create_app
-from notifier.db import make_engine
-from notifier.models import Message, Status
 from notifier.settings import Settings
+from notifier.store.db import make_engine
+from notifier.store.models import Message, Status
 from tests.conftest import SECRET, STAFF_TOKEN, BookingSystem, Clock, completed_event
 from tests.support.fake_twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, FakeTwilio
 from tests.support.serving import free_port, wait_until_serving

@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlmodel import Session, func, select
 
-from notifier.models import BookingEvent, Message, Patient, Status
-from notifier.plan import load_plans
+from notifier.planning.plan import load_plans
+from notifier.store.models import BookingEvent, Message, Patient, Status
 from tests.conftest import START, BookingSystem, completed_event
 from tests.support.rows import row, rows, run_pass
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from notifier.plan import PlanError, load_plans, parse_plan
+from notifier.planning.plan import PlanError, load_plans, parse_plan
 
 PLANS = Path(__file__).resolve().parent.parent / "config" / "plans"
 

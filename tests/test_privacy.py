@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import io
 import logging
+from typing import Any
 
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from notifier.app import install_log_masking
-from notifier.privacy import PhoneMaskingFilter, mask_handlers, mask_phone, scrub
+from notifier.privacy import (
+    PhoneMaskingFilter,
+    install_log_masking,
+    mask_handlers,
+    mask_phone,
+    scrub,
+)
 
 
 @pytest.mark.parametrize(
@@ -150,14 +156,15 @@ def test_scrub_masks_the_values_postgresql_quotes_in_an_error(error: str, masked
     assert scrub(error).endswith(masked)
 
 
-def test_the_masking_is_on_the_root_flask_and_gunicorn_handlers() -> None:
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_masking_is_on_the_root_flask_and_gunicorn_handlers(app: Any) -> None:
     from flask.logging import default_handler
 
     gunicorn_handler = logging.StreamHandler(io.StringIO())
     logger = logging.getLogger("gunicorn.error")
     logger.addHandler(gunicorn_handler)
     try:
-        install_log_masking()
+        install_log_masking()  # the app (built by the fixture) masked Flask's handler
         for handler in [*logging.getLogger().handlers, default_handler, gunicorn_handler]:
             assert sum(isinstance(f, PhoneMaskingFilter) for f in handler.filters) == 1
         install_log_masking()  # again: still one filter each

@@ -13,10 +13,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from notifier import create_app
-from notifier.models import Status
-from notifier.schedule import QuietHours
-from notifier.sending import RetryLater
+from notifier.delivery.sender import RetryLater
+from notifier.planning.schedule import QuietHours
 from notifier.settings import ConfigError, Settings
+from notifier.store.models import Status
 from tests.conftest import STAFF_TOKEN, BookingSystem, Clock, completed_event
 from tests.support.rows import row, run_pass
 from tests.test_cli import aftercare

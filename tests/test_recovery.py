@@ -15,11 +15,11 @@ from datetime import timedelta
 import pytest
 from sqlmodel import Session, select
 
-from notifier.dispatch import Dispatcher
-from notifier.models import Message, Status
-from notifier.plan import load_plans
-from notifier.sending import Ambiguous, Lookup, Outgoing, RetryLater
-from notifier.twilio_sender import TwilioSender
+from notifier.delivery.dispatcher import Dispatcher
+from notifier.delivery.sender import Ambiguous, Lookup, Outgoing, RetryLater
+from notifier.delivery.twilio_sender import TwilioSender
+from notifier.planning.plan import load_plans
+from notifier.store.models import Message, Status
 from tests.conftest import START, RecordingSender, completed_event
 from tests.support.fake_twilio import FakeTwilio
 from tests.test_twilio_sender import settings_for

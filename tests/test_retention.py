@@ -14,10 +14,10 @@ import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlmodel import Session, col, func, select
 
-from notifier.models import ConsentChange, Message, Redaction, Reply
-from notifier.retention import Erased, Retention, erase_old_replies, erase_old_treatments
-from notifier.sending import Redact
+from notifier.consent.retention import Erased, Retention, erase_old_replies, erase_old_treatments
+from notifier.delivery.sender import Redact
 from notifier.settings import ConfigError, Settings
+from notifier.store.models import ConsentChange, Message, Redaction, Reply
 from notifier.worker import RETENTION_JOB_ID, add_retention_job
 from tests.conftest import START, BookingSystem, Clock, TwilioWebhooks, completed_event
 from tests.test_erasure import fragments, leftovers, patient_view

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from notifier.plan import Plan, Window, load_plans
-from notifier.schedule import (
+from notifier.planning.plan import Plan, Window, load_plans
+from notifier.planning.schedule import (
     LOOK_AHEAD,
     QuietHours,
     SendTime,

@@ -8,9 +8,9 @@ import pytest
 from sqlmodel import Session, func, select
 
 from notifier import create_app
-from notifier.db import make_engine
-from notifier.models import StatusCallback
 from notifier.settings import DEFAULT_TWILIO_API_BASE_URL, ConfigError, Settings, StaffToken
+from notifier.store.db import make_engine
+from notifier.store.models import StatusCallback
 from tests.conftest import TWILIO_SID, TwilioWebhooks, make_settings
 
 SID = "AC" + "a" * 32

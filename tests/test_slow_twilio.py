@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from notifier import create_app
-from notifier.db import make_engine
-from notifier.dispatch import Dispatcher
-from notifier.models import Status
-from notifier.plan import load_plans
-from notifier.twilio_sender import TwilioSender
+from notifier.delivery.dispatcher import Dispatcher
+from notifier.delivery.twilio_sender import TwilioSender
+from notifier.planning.plan import load_plans
+from notifier.store.db import make_engine
+from notifier.store.models import Status
 from tests.conftest import (
     STAFF_TOKEN,
     START,

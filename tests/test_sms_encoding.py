@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from notifier.sms_encoding import encoding
+from notifier.planning.sms_encoding import encoding
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine
 
 from notifier import create_app
-from notifier.sending import RecipientOptedOut
+from notifier.delivery.sender import RecipientOptedOut
 from notifier.settings import Settings, StaffToken
 from tests.conftest import (
     STAFF_TOKEN,

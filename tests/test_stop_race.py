@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 from sqlmodel import Session, select
 
-from notifier.dispatch import Dispatcher
-from notifier.models import Patient, Status
-from notifier.outcome import PassReport
-from notifier.sending import Accepted, Outgoing, RetryLater
+from notifier.delivery.dispatcher import Dispatcher
+from notifier.delivery.outcomes import PassReport
+from notifier.delivery.sender import Accepted, Outgoing, RetryLater
+from notifier.store.models import Patient, Status
 from tests.conftest import START, RecordingSender, TwilioWebhooks, completed_event
 from tests.support.rows import row, rows
 

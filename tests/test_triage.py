@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 
-import notifier.triage as triage_module
-from notifier.plan import PlanError, load_plans
-from notifier.settings import Settings
-from notifier.triage import (
+import notifier.replies.triage as triage_module
+from notifier.planning.plan import PlanError, load_plans
+from notifier.replies.triage import (
     TRIAGE_FILE,
     Category,
     Triage,
@@ -33,6 +32,7 @@ from notifier.triage import (
     load_triage,
     parse_triage,
 )
+from notifier.settings import Settings
 from tests.support.triage_cases import ALL, ARABIC, ENGLISH, RUSSIAN, URGENT, Case
 from tests.test_cli import aftercare
 
@@ -279,7 +279,7 @@ def test_a_photo_without_calming_words_is_urgent(body: str, photos: int, expecte
 # -- purity --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module", ["notifier.triage", "notifier.schedule"])
+@pytest.mark.parametrize("module", ["notifier.replies.triage", "notifier.planning.schedule"])
 def test_the_pure_modules_import_without_flask_or_a_database(module: str) -> None:
     code = textwrap.dedent(
         f"""
@@ -295,7 +295,7 @@ def test_the_pure_modules_import_without_flask_or_a_database(module: str) -> Non
 
         sys.meta_path.insert(0, Refuse())
         import {module}
-        from notifier.triage import classify, load_triage
+        from notifier.replies.triage import classify, load_triage
         print(classify("it hurts", 0, load_triage({{}})).category)
         """
     )

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import requests
 
-from notifier.sending import (
+from notifier.delivery.sender import (
     Accepted,
     Ambiguous,
     Lookup,
@@ -26,8 +26,8 @@ from notifier.sending import (
     RetryLater,
     SendError,
 )
+from notifier.delivery.twilio_sender import TwilioSender
 from notifier.settings import TwilioSettings
-from notifier.twilio_sender import TwilioSender
 from tests.support.fake_twilio import (
     DEFAULT_ACCOUNT_SID,
     DEFAULT_AUTH_TOKEN,

@@ -23,13 +23,13 @@ from sqlmodel import Session, col, func, select
 from twilio.request_validator import RequestValidator
 
 from notifier import create_app
-from notifier.db import make_engine
-from notifier.dispatch import Dispatcher
-from notifier.keywords import Intent, intent, load_keywords
-from notifier.models import ConsentChange, Message, Reply, StatusCallback
-from notifier.plan import load_plans
-from notifier.sending import RecipientOptedOut
+from notifier.consent.keywords import Intent, intent, load_keywords
+from notifier.delivery.dispatcher import Dispatcher
+from notifier.delivery.sender import RecipientOptedOut
+from notifier.planning.plan import load_plans
 from notifier.settings import Settings
+from notifier.store.db import make_engine
+from notifier.store.models import ConsentChange, Message, Reply, StatusCallback
 from tests.conftest import (
     STAFF_TOKEN,
     START,

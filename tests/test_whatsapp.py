@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from notifier.plan import PlanError, load_plans
-from notifier.whatsapp import in_window, load_templates
+from notifier.delivery.whatsapp import in_window, load_templates
+from notifier.planning.plan import PlanError, load_plans
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANS = load_plans(ROOT / "config" / "plans")

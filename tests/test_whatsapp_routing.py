@@ -16,10 +16,8 @@ from typing import Any
 import pytest
 from sqlmodel import Session, select
 
-from notifier.dispatch import Dispatcher
-from notifier.models import Patient, Status
-from notifier.plan import load_plans
-from notifier.sending import (
+from notifier.delivery.dispatcher import Dispatcher
+from notifier.delivery.sender import (
     Accepted,
     Lookup,
     OneByOne,
@@ -28,9 +26,11 @@ from notifier.sending import (
     Redact,
     RetryLater,
 )
+from notifier.delivery.twilio_sender import TwilioSender
+from notifier.delivery.whatsapp import UNDELIVERABLE_ON_WHATSAPP, Templates, load_templates
+from notifier.planning.plan import load_plans
 from notifier.settings import Settings, TwilioSettings
-from notifier.twilio_sender import TwilioSender
-from notifier.whatsapp import UNDELIVERABLE_ON_WHATSAPP, Templates, load_templates
+from notifier.store.models import Patient, Status
 from tests.conftest import START, BookingSystem, Clock, RecordingSender, completed_event
 from tests.support.fake_twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, FakeTwilio
 from tests.support.rows import row, rows, run_pass

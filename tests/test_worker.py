@@ -11,11 +11,11 @@ import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlmodel import Session, col, update
 
-from notifier.dispatch import Dispatcher
-from notifier.models import Message
-from notifier.outcome import PassReport
-from notifier.plan import load_plans
+from notifier.delivery.dispatcher import Dispatcher
+from notifier.delivery.outcomes import PassReport
+from notifier.planning.plan import load_plans
 from notifier.settings import Settings
+from notifier.store.models import Message
 from notifier.worker import JOB_ID, WAKE_MARGIN, DispatchJob, add_dispatch_job
 from tests.support.rows import rows
 from tests.support.seed import seed_messages

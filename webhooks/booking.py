@@ -17,18 +17,17 @@ from typing import Any, NamedTuple
 from flask import Blueprint, Response, request
 from sqlmodel import Session
 
-from notifier.app import services
-from notifier.db import retrying
-from notifier.enrolment import (
+from notifier.booking.enrolment import (
     Enrolment,
     EnrolmentConflict,
     cancel_treatment,
     complete_treatment,
     update_patient,
 )
-from notifier.erasure import ERASED_FINGERPRINT, erase_patient
-from notifier.models import BookingEvent, Patient
+from notifier.consent.erasure import ERASED_FINGERPRINT, erase_patient
 from notifier.privacy import mask_phone
+from notifier.store.db import retrying
+from notifier.store.models import BookingEvent, Patient
 from webhooks import signature
 from webhooks.booking_event import (
     Body,
@@ -41,6 +40,7 @@ from webhooks.booking_event import (
     parse_event,
 )
 from webhooks.encoding import iso_utc
+from webhooks.services import services
 
 bp = Blueprint("booking", __name__)
 log = logging.getLogger(__name__)

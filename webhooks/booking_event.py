@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Literal, TypeVar
 
-import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, ValidationInfo
 from pydantic import field_validator as validates
 
-from notifier.enrolment import PatientChanges, PatientDetails, TreatmentDetails
+from notifier.booking.enrolment import PatientChanges, PatientDetails, TreatmentDetails
+from notifier.phone import parse_phone
 from notifier.settings import is_timezone
 from webhooks.encoding import storable
 
@@ -231,17 +231,6 @@ def parse_event(data: dict[str, Any], context: Context) -> tuple[Envelope, Body 
     if errors or envelope is None:
         raise FieldErrors(errors)
     return envelope, body
-
-
-def parse_phone(value: str, region: str) -> str:
-    """E.164 from E.164 or a national number read in `region`; ValueError if not valid."""
-    try:
-        number = phonenumbers.parse(value, region)
-    except phonenumbers.NumberParseException:
-        raise ValueError("is not a phone number") from None
-    if not phonenumbers.is_valid_number(number):
-        raise ValueError(f"is not a valid phone number (national numbers are read as {region})")
-    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
 def validate(model: type[M], data: object, context: Context) -> M:

@@ -9,7 +9,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from notifier.app import services
+from webhooks.services import services
 
 bp = Blueprint("health", __name__)
 log = logging.getLogger(__name__)

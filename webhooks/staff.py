@@ -16,11 +16,11 @@ from flask import Blueprint, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlmodel import Session, col, select
 
-from notifier import consent
-from notifier.app import services
-from notifier.db import reading, transaction
-from notifier.models import ConsentChange, Message, Patient, Redaction, RedactionStatus, Reply
+from notifier.consent import opt_out
+from notifier.store.db import reading, transaction
+from notifier.store.models import ConsentChange, Message, Patient, Redaction, RedactionStatus, Reply
 from webhooks.encoding import iso_utc
+from webhooks.services import services
 
 bp = Blueprint("staff", __name__, url_prefix="/api")
 
@@ -191,7 +191,7 @@ def staff_consent(patient_id: str) -> ResponseReturnValue:
         patient = session.exec(select(Patient).where(Patient.external_id == patient_id)).first()
         if patient is None:
             return jsonify({"error": f"no patient {patient_id!r}"}), 404
-        if not data["opted_out"] and consent.opted_out_by_the_patient(session, patient):
+        if not data["opted_out"] and opt_out.opted_out_by_the_patient(session, patient):
             return jsonify(
                 {
                     "error": "the patient opted out themselves (STOP); only the patient can "
@@ -199,12 +199,12 @@ def staff_consent(patient_id: str) -> ResponseReturnValue:
                 }
             ), 409
         if data["opted_out"]:
-            consent.opt_out(session, patient, consent.Source.STAFF, svc.clock(), by=g.staff)
+            opt_out.opt_out(session, patient, opt_out.Source.STAFF, svc.clock(), by=g.staff)
         else:
-            consent.opt_in(
+            opt_out.opt_in(
                 session,
                 patient,
-                consent.Source.STAFF,
+                opt_out.Source.STAFF,
                 svc.clock(),
                 by=g.staff,
                 quiet=svc.settings.quiet_hours,

@@ -17,12 +17,12 @@ from flask.typing import ResponseReturnValue
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
-from notifier.app import services
-from notifier.db import retrying, transaction
-from notifier.delivery import record_callback
-from notifier.inbox import Inbound, receive
+from notifier.delivery.status_callbacks import record_callback
+from notifier.phone import parse_phone
 from notifier.privacy import mask_phone
-from webhooks.booking_event import parse_phone
+from notifier.replies.inbox import Inbound, receive
+from notifier.store.db import retrying, transaction
+from webhooks.services import services
 
 bp = Blueprint("twilio", __name__, url_prefix="/webhooks/twilio")
 log = logging.getLogger(__name__)

@@ -7,9 +7,9 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from notifier.dispatch import Dispatcher
-from notifier.models import Message
-from notifier.outcome import PassReport
+from notifier.delivery.dispatcher import Dispatcher
+from notifier.delivery.outcomes import PassReport
+from notifier.store.models import Message
 
 
 def rows(engine: Any) -> list[Message]:

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import create_engine, insert, text
 
-from notifier.models import Message, Patient, Status, Treatment
+from notifier.store.models import Message, Patient, Status, Treatment
 
 CHUNK = 10_000
 

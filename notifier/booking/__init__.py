@@ -1,0 +1,1 @@
+"""Booking events applied: a treatment completed, cancelled, a patient changed."""

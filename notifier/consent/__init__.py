@@ -1,0 +1,1 @@
+"""Consent and privacy: STOP/START/HELP, the consent log, erasure, retention."""

@@ -1,0 +1,1 @@
+"""Delivery: claiming due rows, routing, sending through Twilio, recording outcomes."""

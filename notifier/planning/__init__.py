@@ -1,0 +1,1 @@
+"""Planning: what to send when. Plans as data, the pure schedule, the outbox rows."""

@@ -1,0 +1,1 @@
+"""Replies: what patients answer, kept and sorted (keywords go to consent)."""

@@ -1,0 +1,1 @@
+"""Storage: the tables, the engine and its transactions, the migrations."""

@@ -1,0 +1,240 @@
+"""The tables: patients, treatments, the message outbox, booking events, consent log.
+
+Every datetime is an aware UTC instant (`UTCDateTime`); local time exists only in
+the schedule's arithmetic and in what the CLI shows.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import Column, Index, text
+from sqlmodel import Field, SQLModel
+
+from notifier.store.db import UTCDateTime
+
+
+def _utc(nullable: bool = False, index: bool = False) -> Column[datetime]:
+    return Column(UTCDateTime(), nullable=nullable, index=index)
+
+
+class Status(StrEnum):
+    """A message's life (SPEC §6). Status callbacks only move it forward."""
+
+    SCHEDULED = "scheduled"
+    SENDING = "sending"  # claimed by a worker, under a lease
+    QUEUED = "queued"  # Twilio accepted it; SID stored
+    SENT = "sent"
+    DELIVERED = "delivered"
+    UNDELIVERED = "undelivered"
+    FAILED = "failed"
+    READ = "read"
+    CANCELLED = "cancelled"
+    HELD = "held"  # patient opted out; may resume
+    EXPIRED = "expired"
+
+
+PENDING = (Status.SCHEDULED, Status.HELD)
+WENT_OUT = (Status.QUEUED, Status.SENT, Status.DELIVERED, Status.UNDELIVERED, Status.READ)
+
+
+class TreatmentStatus(StrEnum):
+    ACTIVE = "active"
+    CANCELLED = "cancelled"
+    SUPERSEDED = "superseded"  # a later session of the same kind restarted the plan
+
+
+class Patient(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    external_id: str = Field(max_length=128, unique=True, index=True)  # the booking system's id
+    first_name: str | None = Field(default=None, max_length=100)
+    phone: str | None = Field(default=None, max_length=20, index=True)  # E.164
+    channel: str = Field(default="sms", max_length=16)
+    language: str = Field(default="en", max_length=16)
+    timezone: str = Field(max_length=64)
+    consented: bool = True  # the clinic recorded the patient's consent
+    opted_out: bool = False  # the patient said STOP (only START lifts it)
+    # The patient's last WhatsApp message: free text may be sent for 24 hours after it.
+    whatsapp_inbound_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    created_at: datetime = Field(sa_column=_utc())
+    updated_at: datetime = Field(sa_column=_utc())
+
+    @property
+    def reachable(self) -> bool:
+        return self.consented and not self.opted_out and self.phone is not None
+
+
+class Treatment(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    external_id: str = Field(max_length=128, unique=True, index=True)
+    patient_id: int = Field(foreign_key="patient.id", index=True)
+    kind: str = Field(max_length=64)
+    performed_at: datetime = Field(sa_column=_utc())
+    status: str = Field(default=TreatmentStatus.ACTIVE, max_length=16)
+    created_at: datetime = Field(sa_column=_utc())
+    updated_at: datetime = Field(sa_column=_utc())
+
+
+class Message(SQLModel, table=True):
+    """One planned message: the outbox row the dispatcher claims and sends."""
+
+    __table_args__ = (
+        Index("ix_message_due", "status", "send_at"),
+        Index("ix_message_expiry", "status", "expires_at"),
+        # Only the pending rows, in expiry order: "the first N expired" stays an index
+        # range even though the planner, seeing mostly past history, expects thousands.
+        Index(
+            "ix_message_pending_expiry",
+            "expires_at",
+            postgresql_where=text("status IN ('scheduled', 'held')"),
+            sqlite_where=text("status IN ('scheduled', 'held')"),
+        ),
+        # The bodies still kept, by last change: retention (`notifier.consent.retention`) walks
+        # it from where it stopped, so an hourly run reads only what fell past its cutoff.
+        Index(
+            "ix_message_retention",
+            "updated_at",
+            "id",
+            postgresql_where=text("body IS NOT NULL"),
+            sqlite_where=text("body IS NOT NULL"),
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    patient_id: int = Field(foreign_key="patient.id", index=True)
+    treatment_id: int = Field(foreign_key="treatment.id", index=True)
+    step: str = Field(max_length=64)
+    occurrence: int = 0  # which repeat of the step (0 = first)
+    channel: str = Field(max_length=16)  # the channel it goes (or went) by
+    language: str = Field(default="en", max_length=16)  # the language it was rendered in
+    body: str | None = None  # rendered when scheduled; None once erased
+    content_sid: str | None = Field(default=None, max_length=34)  # sent as this template
+    fallback_reason: str | None = Field(default=None, max_length=255)  # why not WhatsApp
+    send_at: datetime = Field(sa_column=_utc())
+    expires_at: datetime = Field(sa_column=_utc())
+    window_start: int  # minutes after local midnight, frozen with the text
+    window_end: int
+    status: str = Field(default=Status.SCHEDULED, max_length=16)
+    sid: str | None = Field(default=None, max_length=64, unique=True)
+    error_code: int | None = None
+    error_message: str | None = Field(default=None, max_length=255)
+    attempts: int = 0
+    claimed_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    lease_until: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    created_at: datetime = Field(sa_column=_utc())
+    updated_at: datetime = Field(sa_column=_utc())
+
+
+class BookingEvent(SQLModel, table=True):
+    """A processed booking webhook event, kept so a replay gets the same answer."""
+
+    id: str = Field(primary_key=True, max_length=128)
+    # The booking system's ids the answer is about, so erasure can find it.
+    patient_id: str | None = Field(default=None, max_length=128, index=True)
+    treatment_id: str | None = Field(default=None, max_length=128, index=True)
+    fingerprint: str = Field(max_length=64)  # sha256 of the canonical JSON body
+    status_code: int
+    response: str  # the JSON answer we gave
+    received_at: datetime = Field(sa_column=_utc())
+
+
+class ConsentChange(SQLModel, table=True):
+    """Every change of a patient's consent, with when and who."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    patient_id: int = Field(foreign_key="patient.id", index=True)
+    at: datetime = Field(sa_column=_utc())
+    consented: bool
+    source: str = Field(max_length=32)  # booking, keyword, twilio_21610, staff
+    by: str | None = Field(default=None, max_length=64)  # the staff token's name, for staff
+
+
+class Reply(SQLModel, table=True):
+    """An inbound message that is not a keyword: something for staff to read."""
+
+    __table_args__ = (
+        # The texts still kept, by arrival: what retention walks (see `Message`).
+        Index(
+            "ix_reply_retention",
+            "received_at",
+            "id",
+            postgresql_where=text("body IS NOT NULL"),
+            sqlite_where=text("body IS NOT NULL"),
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    sid: str = Field(max_length=64, unique=True)  # Twilio's MessageSid: one row per message
+    patient_id: int | None = Field(default=None, foreign_key="patient.id", index=True)
+    from_phone: str | None = Field(default=None, max_length=20)  # E.164; None once erased
+    channel: str = Field(default="sms", max_length=16)
+    body: str | None = None  # None once erased
+    received_at: datetime = Field(sa_column=_utc())
+    handled: bool = Field(default=False, index=True)
+    handled_by: str | None = Field(default=None, max_length=64)  # the staff member's name
+    handled_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+
+
+class StatusCallback(SQLModel, table=True):
+    """Every delivery status Twilio reported, kept even before the message's SID is known."""
+
+    __table_args__ = (
+        # The callbacks still waiting for their message, which every dispatch pass reads:
+        # a few, among all the matched ones of the last day.
+        Index(
+            "ix_statuscallback_unmatched",
+            "received_at",
+            postgresql_where=text("message_id IS NULL"),
+            sqlite_where=text("message_id IS NULL"),
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    sid: str = Field(max_length=64, index=True)
+    message_id: int | None = Field(default=None, foreign_key="message.id", index=True)
+    status: str = Field(max_length=32)
+    error_code: int | None = None
+    received_at: datetime = Field(sa_column=_utc(index=True))
+
+
+class RedactionStatus(StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"  # Twilio kept refusing for REDACTION_GIVE_UP: staff must look
+
+
+class Redaction(SQLModel, table=True):
+    """A message of an erased patient (or one past retention) that Twilio still keeps: its
+    body is to be redacted there (and, for a reply, the photos deleted), retried until
+    Twilio has done it."""
+
+    __table_args__ = (
+        Index(
+            "ix_redaction_due",
+            "next_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+        # An erasure's redactions go before retention's, however many those are.
+        Index(
+            "ix_redaction_erasure_due",
+            "next_at",
+            postgresql_where=text("status = 'pending' AND erasure"),
+            sqlite_where=text("status = 'pending' AND erasure"),
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    # The erased (anonymous) row, or whose message went past retention; None for a reply
+    # from a number no patient had.
+    patient_id: int | None = Field(default=None, foreign_key="patient.id", index=True)
+    sid: str = Field(max_length=64, unique=True)  # Twilio's SID of the message or reply
+    inbound: bool = False  # a reply: the photos it carried are deleted too
+    erasure: bool = False  # asked for by `patient.erased` (else by retention): goes first
+    status: str = Field(default=RedactionStatus.PENDING, max_length=16)
+    attempts: int = 0
+    next_at: datetime = Field(sa_column=_utc())
+    error: str | None = Field(default=None, max_length=255)
+    created_at: datetime = Field(sa_column=_utc())
+    done_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
