@@ -13,7 +13,7 @@ from types import ModuleType
 
 from bench.support import Row, machine, print_table
 
-SUITES = ("dispatch", "scale", "enrolment", "slow_twilio")
+SUITES = ("dispatch", "scale", "enrolment", "slow_twilio", "import_csv", "dashboard")
 
 
 def main() -> None:

@@ -32,8 +32,8 @@ from pathlib import Path
 from sqlalchemy import text
 
 from bench.support import Row, fresh_database, gunicorn
+from notifier.signature import TOLERANCE_SECONDS, sign
 from notifier.store.db import make_engine
-from webhooks.signature import TOLERANCE_SECONDS, sign
 
 PATH = "/webhooks/booking"
 WRK_MISSING = (

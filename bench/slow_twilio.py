@@ -42,9 +42,9 @@ from bench.support import (
     gunicorn,
     worker_env,
 )
+from notifier.signature import sign
 from notifier.store.models import Message, Status
 from tests.support.seed import seed_messages
-from webhooks.signature import sign
 
 AFTERCARE = str(Path(sys.executable).with_name("aftercare"))
 STAFF_TOKEN = "bench-staff-token-0123456789"  # noqa: S105 - a loopback benchmark's

@@ -1,5 +1,5 @@
 """The `aftercare` command: run, worker, dispatch, queue, db upgrade, plan check/preview,
-booking post."""
+booking post, import."""
 
 from __future__ import annotations
 
@@ -19,11 +19,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 
+from notifier.cli_staff import staff
 from notifier.consent.keywords import KeywordError, load_keywords
 from notifier.delivery.dispatcher import Dispatcher
 from notifier.delivery.outcomes import PassReport
 from notifier.delivery.queue_health import queue_state
 from notifier.delivery.whatsapp import load_whatsapp_templates
+from notifier.events.publisher import Published, Publisher
 from notifier.planning.plan import PlanError, load_plans
 from notifier.planning.preview import render_preview
 from notifier.planning.schedule import quiet_conflicts
@@ -90,6 +92,8 @@ def run(host: str, port: int) -> None:
         pass  # fail now, clearly, if a separate worker already holds the SQLite database
     sender = "Twilio" if settings.twilio else "console (no Twilio credentials set)"
     click.echo(f"aftercare: http://{host}:{port}  database {_safe_url(settings)}  sender {sender}")
+    dashboard = "" if settings.secret_key else "  (set SECRET_KEY to use it)"
+    click.echo(f"staff dashboard: http://{host}:{port}/staff/{dashboard}")
     serve(settings, host, port)
 
 
@@ -126,7 +130,13 @@ def dispatch(max_seconds: int, console: bool) -> None:
             run = dispatch_until_done(dispatcher, max_seconds)
         finally:
             dispatcher.close()
+        events = publish_until_done(Publisher(engine, settings), max_seconds)
     click.echo(f"dispatch: {run.summary()}")
+    if settings.events_webhook_url is not None or events.dropped:
+        click.echo(
+            f"events: {events.delivered} delivered, {events.failed} to retry, "
+            f"{events.dropped} dropped (older than the maximum age)"
+        )
 
 
 @dataclass
@@ -175,6 +185,17 @@ def dispatch_until_done(
             sleep(min(wait, max_seconds - elapsed))
 
 
+def publish_until_done(publisher: Publisher, max_seconds: float) -> Published:
+    """Event passes until one delivers nothing (each posts one event per patient, so a
+    patient's backlog takes a pass per event), within `max_seconds`."""
+    start, total = time.monotonic(), Published()
+    while True:
+        done = publisher.run(datetime.now(UTC))
+        total.absorb(done)
+        if done.delivered == 0 or time.monotonic() - start >= max_seconds:
+            return total
+
+
 def _throttle_wait(dispatcher: Dispatcher, now: datetime) -> float | None:
     """Seconds until the next pass can claim (None: nothing is scheduled at all)."""
     wake = dispatcher.next_pass_at()
@@ -211,6 +232,9 @@ def queue() -> None:
         sys.exit(1)
 
 
+main.add_command(staff)  # `aftercare staff add|list|remove|password` (notifier.cli_staff)
+
+
 @main.group()
 def db() -> None:
     """Database schema."""
@@ -245,6 +269,7 @@ def check(directory: Path | None) -> None:
     """Validate every plan file, and the keyword file, triage rules and WhatsApp template
     mapping against them."""
     from notifier.replies.triage import TriageError, load_triage
+    from notifier.replies.urgent import AlertTextError, load_alert_texts
 
     settings = Settings.from_env()
     plans = load_plans(directory or settings.plans_dir)
@@ -260,10 +285,16 @@ def check(directory: Path | None) -> None:
     per_language = ", ".join(f"{lang} {counts[lang]}" for lang in keywords.answers)
     click.echo(f"ok  keywords ({keywords.source}): words per language {per_language}")
     try:
-        triage = load_triage(plans)
+        triage = load_triage(plans, settings.triage_file)
     except TriageError as error:  # each line names the file: no "plan error" heading
         raise click.ClickException(str(error)) from None
     click.echo(f"ok  triage ({triage.source}): {triage.summary()}")
+    try:
+        alerts = load_alert_texts(plans, settings.alerts_file)
+    except AlertTextError as error:  # each line names the file
+        raise click.ClickException(str(error)) from None
+    languages = ", ".join(alerts.acknowledgements)
+    click.echo(f"ok  urgent-reply texts ({alerts.source}): acknowledgements in {languages}")
     templates = load_whatsapp_templates(settings, plans)
     source = settings.whatsapp_templates_file
     found = f"{len(templates.by_step)} templates" if source.exists() else "no file: SMS fallback"
@@ -327,7 +358,7 @@ def booking() -> None:
 @clear_errors
 def post(event: Any, url: str) -> None:
     """Sign EVENT (a JSON file, or - for stdin) with BOOKING_WEBHOOK_SECRET and POST it."""
-    from webhooks.signature import sign
+    from notifier.signature import sign
 
     secret = Settings.from_env().booking_webhook_secret
     if not secret:
@@ -355,6 +386,51 @@ def post(event: Any, url: str) -> None:
     click.echo(_pretty(answer))
     if status >= 400:
         sys.exit(1)
+
+
+@main.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Check every row and say what would be imported.")
+@clear_errors
+def import_(file: Path, dry_run: bool) -> None:
+    """Enrol past treatments from FILE (CSV, one row per treatment, a header row naming
+    the columns: see the README). Treatments already stored are skipped."""
+    from notifier.booking import import_csv as csv_import
+    from notifier.booking.event import Context
+    from notifier.booking.spreadsheet import SheetError
+    from notifier.progress import progress
+
+    settings = Settings.from_env()
+    migrate.ensure_current(settings.database_url)
+    plans, now = load_plans(settings.plans_dir), datetime.now(UTC)
+    context = Context(
+        now, frozenset(plans), settings.default_phone_region, settings.clinic_timezone
+    )
+    try:
+        checked = csv_import.check_file(file.read_bytes(), context, dry_run=dry_run)
+    except SheetError as error:
+        raise click.ClickException(f"{file}: {error}") from None
+    engine = make_engine(settings.database_url)
+    importer = csv_import.Importer(engine, plans, settings.clinic, now)
+    try:
+        with progress(len(checked.rows), "checking" if dry_run else "importing") as told:
+            report = csv_import.import_rows(importer, checked, progress=told)
+    except csv_import.ImportInterrupted as stop:
+        _import_report(stop.report.errors, stop.report.lines())
+        raise click.ClickException(str(stop)) from None
+    finally:
+        engine.dispose()
+    _import_report(report.errors, report.lines())
+    if report.bad_rows:
+        sys.exit(1)
+
+
+def _import_report(errors: list[Any], summary: list[str]) -> None:
+    """Every bad row (stderr), then the summary."""
+    for error in errors:
+        click.echo(str(error), err=True)
+    for line in summary:
+        click.echo(f"import: {line}")
 
 
 def _aware(text: str, option: str) -> datetime:

@@ -17,6 +17,7 @@ from zoneinfo import available_timezones
 
 import phonenumbers
 
+from notifier.phone import parse_phone
 from notifier.planning.clinic import Clinic
 from notifier.planning.schedule import QuietHours
 
@@ -25,10 +26,15 @@ DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
 PLANS_DIR = Path(__file__).resolve().parent.parent / "config" / "plans"
 TEMPLATES_FILE = PLANS_DIR.parent / "whatsapp_templates.toml"
 KEYWORDS_FILE = PLANS_DIR.parent / "keywords.toml"
+TRIAGE_FILE = PLANS_DIR.parent / "triage.toml"
+ALERTS_FILE = PLANS_DIR.parent / "alerts.toml"
+DEFAULT_EMERGENCY_NUMBER = "998"  # the UAE's ambulance
+_DIALABLE = re.compile(r"^\+?\d{2,15}$")
 
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _STAFF_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MIN_SECRET_LENGTH = 16  # staff tokens and the booking secret: guessing must be hopeless
+MIN_SECRET_KEY_LENGTH = 32  # SECRET_KEY signs dashboard sessions: a forged one is a login
 # RETENTION_DAYS: a typo ("3" for 30, "36" for 365) must not erase current aftercare.
 MIN_RETENTION_DAYS = 30
 MAX_RETENTION_DAYS = 36_525  # 100 years
@@ -92,6 +98,15 @@ class Settings:
     whatsapp_sms_fallback: bool = True
     keywords_file: Path = KEYWORDS_FILE  # STOP/START/HELP words per language
     quiet_hours: QuietHours | None = None  # QUIET_HOURS: patient-local, no plan overrides
+    secret_key: str | None = field(default=None, repr=False)  # signs dashboard sessions
+    triage_file: Path = TRIAGE_FILE  # urgent/question/thanks rules per language
+    alerts_file: Path = ALERTS_FILE  # what urgent replies send, to the patient and on-call
+    oncall_phones: tuple[str, ...] = ()  # ONCALL_PHONES, E.164: who hears of urgent replies
+    emergency_number: str = DEFAULT_EMERGENCY_NUMBER  # told to a patient with an urgent reply
+    alert_repeat_minutes: int = 15  # an unhandled urgent reply alerts again after this
+    metrics_token: str | None = field(default=None, repr=False)  # METRICS_TOKEN: /metrics
+    events_webhook_url: str | None = None  # EVENTS_WEBHOOK_URL: where events are posted
+    events_webhook_secret: str | None = field(default=None, repr=False)  # and signed with
 
     @property
     def clinic(self) -> Clinic:
@@ -127,6 +142,15 @@ class Settings:
             whatsapp_sms_fallback=env.flag("WHATSAPP_SMS_FALLBACK", default=True),
             keywords_file=Path(env.get("KEYWORDS_FILE") or KEYWORDS_FILE),
             quiet_hours=_quiet_hours(env.get("QUIET_HOURS")),
+            secret_key=_secret_key(env.get("SECRET_KEY")),
+            triage_file=Path(env.get("TRIAGE_FILE") or TRIAGE_FILE),
+            alerts_file=Path(env.get("ALERTS_FILE") or ALERTS_FILE),
+            oncall_phones=env.phones("ONCALL_PHONES"),
+            emergency_number=env.dialable("EMERGENCY_NUMBER", DEFAULT_EMERGENCY_NUMBER),
+            alert_repeat_minutes=int(env.number("ALERT_REPEAT_MINUTES", 15, 1, 24 * 60)),
+            metrics_token=env.secret("METRICS_TOKEN"),
+            events_webhook_url=env.url("EVENTS_WEBHOOK_URL"),
+            events_webhook_secret=env.secret("EVENTS_WEBHOOK_SECRET"),
         )
         _check_combination(settings)
         return settings
@@ -219,6 +243,31 @@ class _Env:
             return False
         raise ConfigError(f"{name}: {value!r} is not true or false")
 
+    def phones(self, name: str) -> tuple[str, ...]:
+        """Comma-separated E.164 numbers, each given once."""
+        value = self.get(name)
+        if value is None:
+            return ()
+        numbers: list[str] = []
+        for position, entry in enumerate(value.split(","), start=1):
+            try:
+                number = parse_phone(entry.strip(), "ZZ")  # no region: E.164 only
+            except ValueError:
+                raise ConfigError(
+                    f"{name}: entry {position} is not an E.164 number such as +971501234567"
+                ) from None
+            if number in numbers:
+                raise ConfigError(f"{name}: entry {position} repeats a number")
+            numbers.append(number)
+        return tuple(numbers)
+
+    def dialable(self, name: str, default: str) -> str:
+        """A number a patient can dial: digits, an optional leading +, 2 to 16 characters."""
+        value = (self.get(name) or default).replace(" ", "")
+        if not _DIALABLE.match(value):
+            raise ConfigError(f"{name}: {value!r} is not a phone number to call, such as 998")
+        return value
+
     def e164(self, name: str, *, allow_whatsapp: bool = False) -> str | None:
         value = self.get(name)
         if value is None:
@@ -254,6 +303,16 @@ def _retention_days(value: str | None) -> int | None:
             "(days; a shorter period is more likely a typo than a policy)"
         )
     return days
+
+
+def _secret_key(value: str | None) -> str | None:
+    """The staff dashboard's session key; unset, the dashboard answers 503."""
+    if value is not None and len(value) < MIN_SECRET_KEY_LENGTH:
+        raise ConfigError(
+            f"SECRET_KEY: must be at least {MIN_SECRET_KEY_LENGTH} characters long (it signs "
+            "staff sessions); e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return value
 
 
 def _twilio(env: _Env) -> TwilioSettings | None:
@@ -298,6 +357,11 @@ def _quiet_hours(value: str | None) -> QuietHours | None:
 
 def _check_combination(settings: Settings) -> None:
     """Values that are each valid but cannot work together."""
+    if settings.events_webhook_url is not None and settings.events_webhook_secret is None:
+        raise ConfigError(
+            "EVENTS_WEBHOOK_SECRET: required with EVENTS_WEBHOOK_URL (every event is "
+            "signed with it, as the booking system signs its webhook)"
+        )
     twilio = settings.twilio
     if twilio is None:
         return

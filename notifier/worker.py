@@ -26,6 +26,7 @@ from notifier.consent.retention import Retention
 from notifier.delivery.dispatcher import Dispatcher
 from notifier.delivery.sender import ConsoleSender, Sender
 from notifier.delivery.whatsapp import load_whatsapp_templates
+from notifier.events.publisher import Publisher
 from notifier.planning.plan import load_plans
 from notifier.settings import Settings
 
@@ -35,6 +36,7 @@ logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
 
 JOB_ID = "dispatch"
 RETENTION_JOB_ID = "retention"
+EVENTS_JOB_ID = "events"
 WAKE_MARGIN = timedelta(milliseconds=50)
 
 
@@ -154,6 +156,24 @@ def add_retention_job(
     return retention
 
 
+def add_events_job(scheduler: BaseScheduler, engine: Engine, settings: Settings) -> Publisher:
+    """Events go to the booking system from a job of their own, every dispatch interval:
+    a slow receiver never delays a message. Without EVENTS_WEBHOOK_URL the job only
+    drops what nobody will receive."""
+    publisher = Publisher(engine, settings)
+    scheduler.add_job(
+        lambda: publisher.run(datetime.now(UTC)),
+        "interval",
+        id=EVENTS_JOB_ID,
+        seconds=settings.dispatch_interval_seconds,
+        next_run_time=datetime.now(UTC),
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=None,
+    )
+    return publisher
+
+
 def run_worker(settings: Settings, engine: Engine) -> None:
     """The dispatcher loop alone, until SIGTERM or Ctrl-C."""
     with single_worker_lock(settings.database_url):
@@ -161,6 +181,7 @@ def run_worker(settings: Settings, engine: Engine) -> None:
         scheduler = BlockingScheduler(timezone=UTC)
         job = add_dispatch_job(scheduler, dispatcher, settings)
         add_retention_job(scheduler, engine, settings)
+        add_events_job(scheduler, engine, settings)
 
         def stop(_signum: int, _frame: FrameType | None) -> None:
             job.stopping.set()
@@ -186,6 +207,7 @@ def dispatching_in_background(settings: Settings, engine: Engine) -> Iterator[Ba
     dispatcher = build_dispatcher(settings, engine)
     job = add_dispatch_job(scheduler, dispatcher, settings)
     add_retention_job(scheduler, engine, settings)
+    add_events_job(scheduler, engine, settings)
     scheduler.start()
     try:
         yield scheduler

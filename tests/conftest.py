@@ -10,7 +10,7 @@ import random
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,17 +24,23 @@ from notifier.delivery.dispatcher import Dispatcher
 from notifier.delivery.sender import Accepted, Lookup, OneByOne, Outgoing, Redact, SendError
 from notifier.planning.plan import load_plans
 from notifier.settings import Settings, StaffToken, TwilioSettings
+from notifier.signature import sign
 from notifier.store import migrate
 from notifier.store.db import make_engine
 from tests.support.postgres import admin_connection
-from webhooks.signature import sign
 
 SECRET = "test-booking-secret"
 TWILIO_TOKEN = "test-twilio-auth-token"
 TWILIO_SID = "AC" + "0123456789abcdef" * 2
 STAFF_TOKEN = "staff-token-0123456789"
+DASHBOARD_SECRET_KEY = "dashboard-secret-key-0123456789abcdefghij"
+STAFF = {"Authorization": f"Bearer {STAFF_TOKEN}"}
+CLINIC = {"clinic_name": "Skin Clinic", "clinic_phone": "+971 4 000 0000"}
+PHONE = "+971501234567"  # the SPEC example's patient
 # 2027-03-01 10:00 in Dubai: a Monday morning inside every send window.
 START = datetime(2027, 3, 1, 6, 0, tzinfo=UTC)
+DUE = START + timedelta(hours=1)  # after_treatment, of a treatment at START: 11:00 in Dubai
+DAY_1 = START + timedelta(days=1)  # sunscreen #0: day 1, 10:00 in Dubai
 POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -109,8 +115,8 @@ def make_settings(database_url: str) -> Settings:
         ),
         booking_webhook_secret=SECRET,
         staff_api_tokens=(StaffToken("reception", STAFF_TOKEN),),
-        clinic_name="Skin Clinic",
-        clinic_phone="+971 4 000 0000",
+        secret_key=DASHBOARD_SECRET_KEY,  # the staff pages answer (503 without one)
+        **CLINIC,
     )
 
 
@@ -163,7 +169,23 @@ def client(app: Any) -> Any:
 
 @pytest.fixture
 def staff_headers() -> dict[str, str]:
-    return {"Authorization": f"Bearer {STAFF_TOKEN}"}
+    return dict(STAFF)
+
+
+@pytest.fixture
+def build_app(clock: Clock) -> Iterator[Callable[..., Any]]:
+    """A test client for another app (own settings, own database or engine) on the shared
+    clock; the engines are disposed after the test."""
+    engines: list[Any] = []
+
+    def build(settings: Settings, engine: Any = None) -> Any:
+        engine = engine or make_engine(settings.database_url)
+        engines.append(engine)
+        return create_app(settings, engine=engine, clock=clock).test_client()
+
+    yield build
+    for engine in engines:
+        engine.dispose()
 
 
 def completed_event(
@@ -180,7 +202,7 @@ def completed_event(
         "patient": {
             "id": "P-1001",
             "first_name": "Omar",
-            "phone": "+971501234567",
+            "phone": PHONE,
             "channel": "sms",
             "language": "en",
             "timezone": "Asia/Dubai",
@@ -225,6 +247,28 @@ def booking(client: Any, clock: Clock) -> BookingSystem:
     return BookingSystem(client, clock)
 
 
+@pytest.fixture
+def enrolled(booking: BookingSystem) -> BookingSystem:
+    """The booking system, once the SPEC's example patient is enrolled."""
+    answer = booking.post(completed_event())
+    assert answer.status_code == 201, answer.data
+    return booking
+
+
+@pytest.fixture
+def sqlite_booking(sqlite_url: str, clock: Clock, build_app: Callable[..., Any]) -> BookingSystem:
+    """The booking system posting to an app on SQLite only: for input handling that never
+    reaches the database differently on PostgreSQL, and for the slower property tests."""
+    client = build_app(
+        Settings(
+            database_url=sqlite_url,
+            booking_webhook_secret=SECRET,
+            staff_api_tokens=(StaffToken("reception", STAFF_TOKEN),),
+        )
+    )
+    return BookingSystem(client, clock)
+
+
 @dataclass
 class TwilioWebhooks:
     """Posts form callbacks signed exactly as Twilio signs them."""
@@ -252,7 +296,7 @@ class TwilioWebhooks:
         self,
         body: str,
         *,
-        sender: str = "+971501234567",
+        sender: str = PHONE,
         sid: str | None = None,
         opt_out_type: str | None = None,
         **kwargs: Any,
@@ -275,7 +319,7 @@ class TwilioWebhooks:
             "MessageSid": sid,
             "MessageStatus": status,
             "AccountSid": TWILIO_SID,
-            "To": "+971501234567",
+            "To": PHONE,
             "From": "+14155550100",
         }
         if error_code is not None:
@@ -299,8 +343,9 @@ class RecordingSender(OneByOne):
     # The next sends fail with these errors; True means the carrier got it anyway
     # (a 5xx or timeout after Twilio accepted the message).
     failures: list[tuple[SendError, bool]] = field(default_factory=list)
-    # What the carrier has, and when it took each one: by `clock` when a test gives
-    # one (then look-ups honour `since`), else unknown (look-ups ignore `since`).
+    # What the carrier has, as its list shows it, and when it took each one: by `clock`
+    # when a test gives one (then look-ups honour `since`), else unknown (then they
+    # cannot). A test that gives one keeps it in step with its passes (`run_pass`).
     carrier_log: dict[str, tuple[Outgoing, datetime | None]] = field(default_factory=dict)
     clock: Callable[[], datetime] | None = None
     lookups: int = 0
@@ -315,28 +360,45 @@ class RecordingSender(OneByOne):
         if self.failures:
             error, delivered = self.failures.pop(0)
             if delivered:
-                self.carrier_log[f"SM{uuid.uuid4().hex}"] = (message, self._now())
+                self._take(message)
             raise error
         self.sent.append(message)
-        sid = f"SM{uuid.uuid4().hex}"
-        self.carrier_log[sid] = (message, self._now())
-        return Accepted(sid=sid)
+        return Accepted(sid=self._take(message))
 
-    def _now(self) -> datetime | None:
-        return self.clock() if self.clock is not None else None
+    def add_message(self, message: Outgoing, at: datetime) -> str:
+        """A message the carrier took at `at` without this sender (another worker's, an
+        earlier treatment's): only look-ups see it. Its SID."""
+        return self._take(message, at)
+
+    def _take(self, message: Outgoing, at: datetime | None = None) -> str:
+        """The carrier takes the message (now, by `clock`, unless `at`): its SID. A
+        template's text in Twilio's list is the template's, not our body, so only a
+        look-up for any body finds it."""
+        sid = f"SM{uuid.uuid4().hex}"
+        if message.content_sid is not None:
+            message = replace(message, body=f"(template {message.content_sid})")
+        if at is None and self.clock is not None:
+            at = self.clock()
+        self.carrier_log[sid] = (message, at)
+        return sid
 
     def find_sent(self, lookup: Lookup) -> list[str]:
-        """What Twilio's list would show: the matching messages sent since `since`
-        (any body for a template lookup), newest first."""
+        """The `Sender.find_batch` contract for one look-up, as Twilio's list answers it:
+        messages to that recipient on that channel, with that body (any body when
+        `lookup.body` is None: a template), taken at or after `since` (where the time
+        is known), newest first."""
         self.lookups += 1
-        return [
-            sid
-            for sid, (m, at) in reversed(self.carrier_log.items())
+        found = [
+            (sid, at)
+            for sid, (m, at) in reversed(self.carrier_log.items())  # the last taken first
             if m.to == lookup.to
             and m.channel == lookup.channel
             and (lookup.body is None or m.body == lookup.body)
             and (at is None or at >= lookup.since)
         ]
+        if all(at is not None for _, at in found):  # by when the carrier took them
+            found.sort(key=lambda match: match[1], reverse=True)
+        return [sid for sid, _ in found]
 
     def redact(self, redaction: Redact) -> None:
         if self.redact_errors:

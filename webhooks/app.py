@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
-from flask import Flask, jsonify
+from flask import Flask, Response, g, jsonify, request
 from flask.logging import default_handler as flask_log_handler
 from flask.typing import ResponseReturnValue
 from sqlalchemy import Engine
@@ -14,12 +15,13 @@ from werkzeug.exceptions import HTTPException
 
 from notifier.consent.keywords import load_keywords
 from notifier.delivery.whatsapp import load_whatsapp_templates
+from notifier.metrics import WEBHOOK_SECONDS
 from notifier.planning.plan import PlanError, load_plans
 from notifier.planning.schedule import quiet_conflicts
 from notifier.privacy import install_log_masking, mask_handlers
 from notifier.settings import ConfigError, Settings
 from notifier.store.db import make_engine
-from webhooks.services import Clock, Services, utc_now
+from webhooks.services import Clock, Services, listening, utc_now
 
 MAX_BODY_BYTES = 64 * 1024
 log = logging.getLogger(__name__)
@@ -43,12 +45,13 @@ def create_app(
 
 
 def _build(settings: Settings, engine: Engine | None, clock: Clock) -> Flask:
-    from webhooks import booking, health, staff, twilio
-    from webhooks.encoding import refuse_unstorable_url
+    from webhooks import booking, dashboard, health, metrics, openapi, staff, twilio
+    from webhooks.encoding import StorableInt, refuse_unstorable_url
 
     install_log_masking()
     mask_handlers([flask_log_handler])  # Flask's own, on app.logger until logging is set up
     app = Flask(__name__)
+    app.url_map.converters["int"] = StorableInt  # before any route: 404, not a 500
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     if settings.trust_forwarded_headers:
@@ -62,20 +65,38 @@ def _build(settings: Settings, engine: Engine | None, clock: Clock) -> Flask:
     plans = load_plans(settings.plans_dir)
     if conflicts := quiet_conflicts(plans.values(), settings.quiet_hours):
         raise ConfigError("QUIET_HOURS: no message could ever go out for " + "; ".join(conflicts))
+    keywords = load_keywords(settings.keywords_file, plans)
     app.extensions["aftercare"] = Services(
         settings=settings,
         engine=engine or make_engine(settings.database_url),
         plans=plans,
         templates=load_whatsapp_templates(settings, plans),
-        keywords=load_keywords(settings.keywords_file, plans),
+        keywords=keywords,
+        listening=listening(settings, plans, keywords),
         clock=clock,
     )
-    for blueprint in (booking.bp, twilio.bp, staff.bp, health.bp):
+    for blueprint in (booking.bp, twilio.bp, staff.bp, health.bp, openapi.bp, metrics.bp):
         app.register_blueprint(blueprint)
+    app.before_request(_start_timing)
+    app.after_request(_timed)
+    dashboard.init_app(app, settings)  # the staff pages under /staff/ (SPEC §11)
     app.before_request(refuse_unstorable_url)  # 400, before a database could refuse it
     app.register_error_handler(HTTPException, _json_error)
     app.register_error_handler(OperationalError, _database_unavailable)
     return app
+
+
+def _start_timing() -> None:
+    g.started = time.perf_counter()
+
+
+def _timed(response: Response) -> Response:
+    """Every answer's time, by endpoint (`aftercare_http_request_seconds`)."""
+    started = g.get("started")
+    if started is not None:
+        endpoint = request.endpoint or "unmatched"
+        WEBHOOK_SECONDS.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+    return response
 
 
 def _database_unavailable(error: OperationalError) -> ResponseReturnValue:

@@ -2,9 +2,9 @@
 
 Order of checks: size (413), content type (415), signature (401), JSON (400),
 fields (422); then the event id decides between a replay (200, same answer),
-a conflict (409) and processing. The event is stored in the same transaction as
-its effects, so a failure part-way stores nothing and the booking system's retry
-is processed afresh.
+a conflict (409) and processing by the handler of the event's type (`HANDLERS`).
+The event is stored in the same transaction as its effects, so a failure part-way
+stores nothing and the booking system's retry is processed afresh.
 """
 
 from __future__ import annotations
@@ -12,11 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from flask import Blueprint, Response, request
 from sqlmodel import Session
 
+from notifier import signature
 from notifier.booking.enrolment import (
     Enrolment,
     EnrolmentConflict,
@@ -24,13 +27,7 @@ from notifier.booking.enrolment import (
     complete_treatment,
     update_patient,
 )
-from notifier.consent.erasure import ERASED_FINGERPRINT, erase_patient
-from notifier.privacy import mask_phone
-from notifier.store.db import retrying
-from notifier.store.models import BookingEvent, Patient
-from webhooks import signature
-from webhooks.booking_event import (
-    Body,
+from notifier.booking.event import (
     Cancelled,
     Completed,
     Context,
@@ -39,6 +36,10 @@ from webhooks.booking_event import (
     Updated,
     parse_event,
 )
+from notifier.consent.erasure import ERASED_FINGERPRINT, erase_patient
+from notifier.privacy import mask_phone
+from notifier.store.db import retrying
+from notifier.store.models import BookingEvent, Patient
 from webhooks.encoding import iso_utc
 from webhooks.services import services
 
@@ -48,11 +49,19 @@ log = logging.getLogger(__name__)
 Answer = tuple[int, dict[str, Any]]
 
 
-class Outcome(NamedTuple):
+@dataclass(frozen=True)
+class Outcome:
+    """What an event did: the answer, and the booking system's ids it is about (stored
+    with the event, so that erasure finds it)."""
+
     status: int
     answer: dict[str, Any]
-    patient_id: str | None = None  # the booking system's ids the answer is about
+    patient_id: str | None = None
     treatment_id: str | None = None
+
+
+# An event type's handler gets the body `parse_event` validated for that type.
+Handler = Callable[[Session, Any, Context], Outcome]
 
 
 class _Rejected(Exception):
@@ -108,21 +117,24 @@ def _handle(data: dict[str, Any], context: Context) -> Answer:
         replay = _replay(session, envelope.id, fingerprint)
         if replay is not None:
             return replay
-        status, answer, patient_id, treatment_id = _apply(session, envelope.type, body, context)
-        if status >= 300:
-            raise _Rejected(status, answer)  # roll back anything half-done
+        handler = HANDLERS.get(envelope.type)
+        if handler is None or body is None:
+            raise _Rejected(501, {"error": f"event type {envelope.type!r} is not supported"})
+        outcome = handler(session, body, context)
+        if outcome.status >= 300:
+            raise _Rejected(outcome.status, outcome.answer)  # roll back anything half-done
         session.add(
             BookingEvent(
                 id=envelope.id,
-                patient_id=patient_id,
-                treatment_id=treatment_id,
+                patient_id=outcome.patient_id,
+                treatment_id=outcome.treatment_id,
                 fingerprint=fingerprint,
-                status_code=status,
-                response=json.dumps(answer),
+                status_code=outcome.status,
+                response=json.dumps(outcome.answer),
                 received_at=context.now,
             )
         )
-        return status, answer
+        return outcome.status, outcome.answer
 
     try:
         # A concurrent request for the same event id, patient or treatment that
@@ -149,93 +161,95 @@ def _replay(session: Session, event_id: str, fingerprint: str) -> Answer | None:
     return 200, json.loads(stored.response)
 
 
-def _apply(session: Session, kind: str, event: Body | None, context: Context) -> Outcome:
-    """Carry out one event; the answer, and which patient it names (for erasure)."""
+def _completed(session: Session, event: Completed, context: Context) -> Outcome:
+    """Enrol the patient in the plan of the treatment's kind (201 when new rows were
+    written), or re-plan / update an enrolment already stored (200)."""
     svc = services()
-    if isinstance(event, Completed):
-        plan = svc.plans[event.treatment.kind]
-        try:
-            outcome = complete_treatment(
-                session,
-                plan,
-                event.patient.details(),
-                event.treatment.details(),
-                svc.clinic,
-                context.now,
-            )
-        except EnrolmentConflict as error:
-            return Outcome(409, {"error": str(error)})
-        log.info(
-            "treatment %s for %s: %s, %d scheduled",
-            event.treatment.id,
-            mask_phone(event.patient.phone),
-            "enrolled" if outcome.created else "updated",
-            len(outcome.scheduled),
+    try:
+        outcome = complete_treatment(
+            session,
+            svc.plans[event.treatment.kind],
+            event.patient.details(),
+            event.treatment.details(),
+            svc.clinic,
+            context.now,
         )
-        # 201 only when a new treatment was enrolled in its plan (rows written).
-        enrolled = outcome.created and bool(outcome.messages)
-        return Outcome(
-            201 if enrolled else 200,
-            _enrolment_answer(outcome),
-            event.patient.id,
-            event.treatment.id,
-        )
-    if isinstance(event, Cancelled):
-        treatment = cancel_treatment(session, event.treatment.id, context.now)
-        if treatment is None:
-            return Outcome(
-                200,
-                {
-                    "treatment_id": event.treatment.id,
-                    "cancelled": False,
-                    "reason": "unknown treatment id; nothing to cancel",
-                },
-                treatment_id=event.treatment.id,
-            )
-        patient = session.get(Patient, treatment.patient_id)
-        return Outcome(
-            200,
-            {"treatment_id": event.treatment.id, "cancelled": True},
-            patient.external_id if patient else None,
-            event.treatment.id,
-        )
-    if isinstance(event, Erased):
-        erasure = erase_patient(session, event.patient.id, context.now)
-        if erasure is None:
-            return Outcome(
-                200, {"erased": False, "reason": "unknown patient id (or erased already)"}
-            )
-        log.info(
-            "patient erased (%s); %d pending message(s) cancelled, %d to redact at Twilio",
-            erasure.id,
-            erasure.messages_cancelled,
-            erasure.redactions,
-        )
-        return Outcome(
-            200,
-            {
-                "erased": True,
-                "messages_cancelled": erasure.messages_cancelled,
-                "erasure_id": erasure.id,
-                "twilio_redactions": erasure.redactions,
-            },
-        )
-    if isinstance(event, Updated):
-        count = update_patient(
-            session, svc.plans, event.patient.id, event.patient.changes(), svc.clinic, context.now
-        )
-        if count is None:
-            return Outcome(
-                200,
-                {"patient_id": event.patient.id, "updated": False, "reason": "unknown patient id"},
-                event.patient.id,
-            )
-        return Outcome(
-            200,
-            {"patient_id": event.patient.id, "updated": True, "messages_updated": count},
-            event.patient.id,
-        )
-    return Outcome(501, {"error": f"event type {kind!r} is not supported"})
+    except EnrolmentConflict as error:
+        return Outcome(409, {"error": str(error)})
+    log.info(
+        "treatment %s for %s: %s, %d scheduled",
+        event.treatment.id,
+        mask_phone(event.patient.phone),
+        "enrolled" if outcome.created else "updated",
+        len(outcome.scheduled),
+    )
+    enrolled = outcome.created and bool(outcome.messages)
+    return Outcome(
+        201 if enrolled else 200,
+        _enrolment_answer(outcome),
+        event.patient.id,
+        event.treatment.id,
+    )
+
+
+def _cancelled(session: Session, event: Cancelled, context: Context) -> Outcome:
+    """Cancel the treatment's pending messages; an unknown treatment is not an error."""
+    treatment = cancel_treatment(session, event.treatment.id, context.now)
+    if treatment is None:
+        answer = {
+            "treatment_id": event.treatment.id,
+            "cancelled": False,
+            "reason": "unknown treatment id; nothing to cancel",
+        }
+        return Outcome(200, answer, treatment_id=event.treatment.id)
+    patient = session.get(Patient, treatment.patient_id)
+    return Outcome(
+        200,
+        {"treatment_id": event.treatment.id, "cancelled": True},
+        patient.external_id if patient else None,
+        event.treatment.id,
+    )
+
+
+def _updated(session: Session, event: Updated, context: Context) -> Outcome:
+    """Apply the patient's new details to every pending message."""
+    svc = services()
+    count = update_patient(
+        session, svc.plans, event.patient.id, event.patient.changes(), svc.clinic, context.now
+    )
+    if count is None:
+        answer = {"patient_id": event.patient.id, "updated": False, "reason": "unknown patient id"}
+        return Outcome(200, answer, event.patient.id)
+    answer = {"patient_id": event.patient.id, "updated": True, "messages_updated": count}
+    return Outcome(200, answer, event.patient.id)
+
+
+def _erased(session: Session, event: Erased, context: Context) -> Outcome:
+    """Erase the patient's personal data; the answer names no one (no ids kept)."""
+    erasure = erase_patient(session, event.patient.id, context.now)
+    if erasure is None:
+        return Outcome(200, {"erased": False, "reason": "unknown patient id (or erased already)"})
+    log.info(
+        "patient erased (%s); %d pending message(s) cancelled, %d to redact at Twilio",
+        erasure.id,
+        erasure.messages_cancelled,
+        erasure.redactions,
+    )
+    answer = {
+        "erased": True,
+        "messages_cancelled": erasure.messages_cancelled,
+        "erasure_id": erasure.id,
+        "twilio_redactions": erasure.redactions,
+    }
+    return Outcome(200, answer)
+
+
+HANDLERS: dict[str, Handler] = {
+    "treatment.completed": _completed,
+    "treatment.cancelled": _cancelled,
+    "patient.updated": _updated,
+    "patient.erased": _erased,
+}
 
 
 def _enrolment_answer(outcome: Enrolment) -> dict[str, Any]:

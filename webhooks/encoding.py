@@ -1,22 +1,18 @@
-"""How text is spelled on the way in and out: a request's text must be storable, and
-every timestamp the service returns is ISO 8601 UTC."""
+"""How values are spelled on the way in and out: a request's text and numbers must be
+storable, and every timestamp the service returns is ISO 8601 UTC."""
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
+from typing import Any
 
 from flask import request
 from werkzeug.exceptions import BadRequest
+from werkzeug.routing import IntegerConverter
 
-# NUL, which PostgreSQL refuses in text, and lone surrogates, which no UTF-8 database
-# encodes (JSON's "\ud800" escapes make them).
-_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+from notifier.store.text import storable
 
-
-def storable(text: str) -> bool:
-    """True when every database this service runs on can hold `text` in a text column."""
-    return _UNSTORABLE.search(text) is None
+STORABLE_INT = 2**31 - 1  # the largest value of an INTEGER column (PostgreSQL's is 32-bit)
 
 
 def refuse_unstorable_url() -> None:
@@ -27,6 +23,15 @@ def refuse_unstorable_url() -> None:
     texts = [request.path, *(t for pair in request.args.items(multi=True) for t in pair)]
     if not all(storable(text) for text in texts):
         raise BadRequest("the URL contains a character no text can hold (NUL or a lone surrogate)")
+
+
+class StorableInt(IntegerConverter):
+    """`<int:...>` in a route: a number larger than an INTEGER column holds matches no
+    route (404), rather than reaching a query that PostgreSQL refuses with a 500."""
+
+    def __init__(self, map: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(map, *args, **kwargs)
+        self.max = STORABLE_INT if self.max is None else min(self.max, STORABLE_INT)
 
 
 def iso_utc(moment: datetime | None) -> str | None:

@@ -13,6 +13,9 @@ from notifier.consent.keywords import Keywords
 from notifier.delivery.whatsapp import Templates
 from notifier.planning.clinic import Clinic
 from notifier.planning.plan import Plan
+from notifier.replies.inbox import Listening
+from notifier.replies.triage import load_triage
+from notifier.replies.urgent import Alerting, load_alert_texts
 from notifier.settings import Settings
 
 Clock = Callable[[], datetime]
@@ -29,11 +32,24 @@ class Services:
     plans: dict[str, Plan]
     templates: Templates
     keywords: Keywords
+    listening: Listening  # what the inbox needs: keywords, triage, alerting
     clock: Clock
 
     @property
     def clinic(self) -> Clinic:
         return self.settings.clinic
+
+
+def listening(settings: Settings, plans: dict[str, Plan], keywords: Keywords) -> Listening:
+    """The inbox's rules, each file checked against the plans (`PlanError` if not)."""
+    texts = load_alert_texts(plans, settings.alerts_file)
+    return Listening(
+        keywords=keywords,
+        triage=load_triage(plans, settings.triage_file),
+        clinic=settings.clinic,
+        alerting=Alerting.from_settings(settings, texts),
+        plans=plans,
+    )
 
 
 def services() -> Services:

@@ -8,17 +8,28 @@ from __future__ import annotations
 
 import hmac
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import wraps
 from typing import Any
+from urllib.parse import quote
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlmodel import Session, col, select
 
 from notifier.consent import opt_out
+from notifier.delivery.twilio_media import MediaUnavailable, fetch_photo, is_image
+from notifier.replies import inbox
 from notifier.store.db import reading, transaction
-from notifier.store.models import ConsentChange, Message, Patient, Redaction, RedactionStatus, Reply
+from notifier.store.models import (
+    ConsentChange,
+    Message,
+    Patient,
+    Redaction,
+    RedactionStatus,
+    Reply,
+    ReplyMedia,
+)
 from webhooks.encoding import iso_utc
 from webhooks.services import services
 
@@ -75,6 +86,7 @@ def _patient_json(session: Session, patient: Patient) -> dict[str, Any]:
         .where(Reply.patient_id == patient.id)
         .order_by(col(Reply.received_at).desc(), col(Reply.id).desc())
     ).all()
+    media = _media_of(session, replies)
     changes = session.exec(
         select(ConsentChange)
         .where(ConsentChange.patient_id == patient.id)
@@ -90,6 +102,7 @@ def _patient_json(session: Session, patient: Patient) -> dict[str, Any]:
         "consented": patient.consented,
         "messages": [
             {
+                "kind": m.kind,
                 "step": m.step,
                 "send_at": iso_utc(m.send_at),
                 "status": m.status,
@@ -109,6 +122,7 @@ def _patient_json(session: Session, patient: Patient) -> dict[str, Any]:
                 "handled": r.handled,
                 "handled_by": r.handled_by,
                 "handled_at": iso_utc(r.handled_at),
+                **_triage_json(r, media),
             }
             for r in replies
         ],
@@ -122,23 +136,30 @@ def _patient_json(session: Session, patient: Patient) -> dict[str, Any]:
 @bp.get("/replies")
 @staff_only
 def replies() -> ResponseReturnValue:
-    """Replies, newest first; `?handled=false` for those still needing attention."""
+    """Replies, urgent first, then newest first; `?handled=false` for those still needing
+    attention, `?urgent=true` for the urgent ones."""
     wanted = request.args.get("handled")
     if wanted not in (None, "true", "false"):
         return jsonify({"error": "handled must be true or false"}), 400
+    urgent = request.args.get("urgent")
+    if urgent not in (None, "true", "false"):
+        return jsonify({"error": "urgent must be true or false"}), 400
     limit = request.args.get("limit", "100")
     if not limit.isascii() or not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
         return jsonify({"error": f"limit must be a whole number from 1 to {MAX_LIMIT}"}), 400
     query = (
         select(Reply, Patient.external_id)
         .join(Patient, col(Patient.id) == Reply.patient_id, isouter=True)
-        .order_by(col(Reply.received_at).desc(), col(Reply.id).desc())
+        .order_by(col(Reply.urgent).desc(), col(Reply.received_at).desc(), col(Reply.id).desc())
         .limit(int(limit))
     )
     if wanted is not None:
         query = query.where(Reply.handled == (wanted == "true"))
+    if urgent is not None:
+        query = query.where(Reply.urgent == (urgent == "true"))
     with Session(services().engine) as session:
         rows = session.exec(query).all()
+        media = _media_of(session, [r for r, _ in rows])
     return jsonify(
         {
             "replies": [
@@ -149,10 +170,80 @@ def replies() -> ResponseReturnValue:
                     "received_at": iso_utc(r.received_at),
                     "body": r.body,
                     "handled": r.handled,
+                    **_triage_json(r, media),
                 }
                 for r, external_id in rows
             ]
         }
+    )
+
+
+def _triage_json(reply: Reply, media: dict[int, list[ReplyMedia]]) -> dict[str, Any]:
+    """A reply's triage, and its photos at the service's own addresses (SPEC §9, §10)."""
+    base = services().settings.public_base_url or request.host_url.rstrip("/")
+    found = media.get(reply.id or 0, [])
+    return {
+        "urgent": reply.urgent,
+        "category": reply.category,
+        "signs": reply.signs.split(",") if reply.signs else [],
+        **(
+            {
+                "media": [
+                    {
+                        "url": f"{base}/api/replies/{quote(reply.sid)}/media/{m.position}",
+                        "content_type": m.content_type,
+                    }
+                    for m in found
+                ]
+            }
+            if found
+            else {}
+        ),
+    }
+
+
+def _media_of(session: Session, replies: Sequence[Reply]) -> dict[int, list[ReplyMedia]]:
+    ids = [r.id for r in replies if r.id is not None]
+    found: dict[int, list[ReplyMedia]] = {}
+    if not ids:
+        return found
+    for item in session.exec(
+        select(ReplyMedia)
+        .where(col(ReplyMedia.reply_id).in_(ids))
+        .order_by(col(ReplyMedia.reply_id), col(ReplyMedia.position))
+    ).all():
+        found.setdefault(item.reply_id, []).append(item)
+    return found
+
+
+@bp.get("/replies/<sid>/media/<int:position>")
+@staff_only
+def reply_media(sid: str, position: int) -> ResponseReturnValue:
+    """A photo a patient sent, fetched from Twilio: images only, size-capped; Twilio's
+    address and the account's credentials never reach the browser."""
+    svc = services()
+    with reading(svc.engine) as session:  # closed before Twilio is asked
+        item = session.exec(
+            select(ReplyMedia)
+            .join(Reply, col(Reply.id) == ReplyMedia.reply_id)
+            .where(Reply.sid == sid, ReplyMedia.position == position)
+        ).first()
+    if item is None:
+        return jsonify({"error": f"reply {sid!r} has no file {position}"}), 404
+    if not is_image(item.content_type):
+        return jsonify({"error": f"not an image ({item.content_type}): not served"}), 415
+    try:
+        photo = fetch_photo(svc.settings.twilio, item.url)
+    except MediaUnavailable as error:
+        return jsonify({"error": str(error)}), error.status
+    return Response(
+        photo.content,
+        mimetype=photo.content_type,
+        headers={
+            "Cache-Control": "private, no-store",
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+        },
     )
 
 
@@ -164,9 +255,7 @@ def mark_handled(sid: str) -> ResponseReturnValue:
         reply = session.exec(select(Reply).where(Reply.sid == sid)).first()
         if reply is None:
             return jsonify({"error": f"no reply {sid!r}"}), 404
-        if not reply.handled:
-            reply.handled, reply.handled_by, reply.handled_at = True, g.staff, svc.clock()
-            session.add(reply)
+        inbox.mark_handled(session, reply, g.staff, svc.clock())
         return jsonify(
             {
                 "sid": sid,

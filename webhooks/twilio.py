@@ -20,7 +20,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 from notifier.delivery.status_callbacks import record_callback
 from notifier.phone import parse_phone
 from notifier.privacy import mask_phone
-from notifier.replies.inbox import Inbound, receive
+from notifier.replies.inbox import Inbound, Media, receive
 from notifier.store.db import retrying, transaction
 from webhooks.services import services
 
@@ -28,6 +28,8 @@ bp = Blueprint("twilio", __name__, url_prefix="/webhooks/twilio")
 log = logging.getLogger(__name__)
 
 View = Callable[..., ResponseReturnValue]
+MAX_MEDIA = 10  # Twilio's most files on one message
+MAX_MEDIA_URL = 1024  # as stored
 
 
 def signed_by_twilio(view: View) -> View:
@@ -69,13 +71,12 @@ def inbound() -> ResponseReturnValue:
         channel=channel,
         body=_field("Body"),
         opt_out_type=_field("OptOutType") or None,
+        media=_media(),
     )
     svc = services()
     now = svc.clock()
     # Twilio may deliver the same MessageSid twice at once: the second try sees the first.
-    received = retrying(
-        svc.engine, lambda session: receive(session, message, now, svc.keywords, svc.clinic)
-    )
+    received = retrying(svc.engine, lambda session: receive(session, message, now, svc.listening))
     reply = MessagingResponse()
     if received.answer:
         reply.message(received.answer)
@@ -113,6 +114,21 @@ def status() -> ResponseReturnValue:
             error_code,
         )
     return Response(status=204)
+
+
+def _media() -> tuple[Media, ...]:
+    """The files a message carried: `NumMedia` of them (Twilio sends at most 10), each
+    `MediaUrlN` with its `MediaContentTypeN`; an entry without an http(s) URL is left out."""
+    count = _field("NumMedia").strip()
+    if not count.isascii() or not count.isdigit():
+        return ()
+    found: list[Media] = []
+    for n in range(min(int(count), MAX_MEDIA)):
+        url = _field(f"MediaUrl{n}").strip()
+        kind = _field(f"MediaContentType{n}").strip().lower() or "application/octet-stream"
+        if url.startswith(("https://", "http://")) and len(url) <= MAX_MEDIA_URL:
+            found.append(Media(url, kind[:128]))
+    return tuple(found)
 
 
 def _signed_url() -> str:

@@ -19,16 +19,18 @@ from datetime import datetime
 from typing import NamedTuple
 
 from sqlalchemy import insert
-from sqlmodel import Session, col, select, update
+from sqlmodel import Session, col, delete, select, update
 
 from notifier.store.models import (
     PENDING,
     BookingEvent,
+    Event,
     Message,
     Patient,
     Redaction,
     RedactionStatus,
     Reply,
+    ReplyMedia,
     Status,
     Treatment,
 )
@@ -69,8 +71,15 @@ def erase_patient(session: Session, external_id: str, now: datetime) -> Erasure 
         .values(body=None, updated_at=now)
     )
     session.exec(
-        update(Reply).where(col(Reply.id).in_(list(replies))).values(body=None, from_phone=None)
+        update(Reply)
+        .where(col(Reply.id).in_(list(replies)))
+        .values(body=None, from_phone=None, signs=None)
     )
+    # Where Twilio keeps their photos: the photos themselves are deleted there (redaction).
+    session.exec(delete(ReplyMedia).where(col(ReplyMedia.reply_id).in_(list(replies))))
+    # Events for the booking system carry its ids; the erasure came from it, so those
+    # not yet delivered are not needed either.
+    session.exec(delete(Event).where(col(Event.patient_id) == patient.id))
     treatments = list(session.exec(select(Treatment).where(Treatment.patient_id == patient.id)))
     session.exec(
         update(BookingEvent)

@@ -13,8 +13,9 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, col, select, update
 
+from notifier.events import record
 from notifier.planning.schedule import QuietHours, retime
-from notifier.store.models import ConsentChange, Message, Patient, Status
+from notifier.store.models import ConsentChange, Message, MessageKind, Patient, Status
 
 
 class Source(StrEnum):
@@ -62,6 +63,7 @@ def opt_out(
     patient.opted_out = True
     session.add(patient)
     _log(session, patient, False, source, now, by)
+    record.patient_opted(session, patient, opted_out=True, source=source, now=now)
     hold_pending(session, patient, now)
 
 
@@ -81,15 +83,22 @@ def opt_in(
     patient.opted_out = False
     session.add(patient)
     _log(session, patient, True, source, now, by)
+    record.patient_opted(session, patient, opted_out=False, source=source, now=now)
     if patient.consented:
         resume_held(session, patient, now, quiet)
 
 
 def hold_pending(session: Session, patient: Patient, now: datetime) -> int:
-    """Every scheduled message of the patient becomes held; returns how many."""
+    """Every scheduled plan message of the patient becomes held; returns how many. On-call
+    alerts are for staff and go on; an acknowledgement is dropped when it comes up
+    (the dispatcher's re-check)."""
     result = session.exec(
         update(Message)
-        .where(col(Message.patient_id) == patient.id, col(Message.status) == Status.SCHEDULED)
+        .where(
+            col(Message.patient_id) == patient.id,
+            col(Message.status) == Status.SCHEDULED,
+            col(Message.kind) == MessageKind.PLAN,
+        )
         .values(status=Status.HELD, updated_at=now)
     )
     return int(result.rowcount)

@@ -33,11 +33,11 @@ from typing import Protocol
 
 from sqlalchemy import ColumnElement, Engine, or_
 from sqlalchemy.orm import Mapped
-from sqlmodel import Session, col, select, update
+from sqlmodel import Session, col, delete, select, update
 
 from notifier.consent.erasure import TwilioCopy, queue_redactions
 from notifier.store.db import retrying
-from notifier.store.models import Message, Reply, Status
+from notifier.store.models import Message, Reply, ReplyMedia, Status
 
 log = logging.getLogger(__name__)
 
@@ -236,10 +236,11 @@ def _erase_replies(
     gone = session.exec(
         update(Reply)
         .where(which, col(Reply.body).is_not(None), col(Reply.received_at) < cutoff)
-        .values(body=None, from_phone=None)
-        .returning(col(Reply.sid), col(Reply.patient_id))
+        .values(body=None, from_phone=None, signs=None)
+        .returning(col(Reply.id), col(Reply.sid), col(Reply.patient_id))
     ).all()
-    copies = [TwilioCopy(sid, True, patient) for sid, patient in gone]
+    session.exec(delete(ReplyMedia).where(col(ReplyMedia.reply_id).in_([r for r, _, _ in gone])))
+    copies = [TwilioCopy(sid, True, patient) for _, sid, patient in gone]
     return Erased(replies=len(gone), redactions=queue_redactions(session, copies, now))
 
 

@@ -20,9 +20,10 @@ from sqlalchemy import Engine, bindparam
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, func, select, update
 
+from notifier.backoff import retry_delay
 from notifier.consent import opt_out
 from notifier.delivery import status_callbacks
-from notifier.delivery.outcomes import Claimed, Outcomes, PassReport, retry_delay
+from notifier.delivery.outcomes import Claimed, Outcomes, PassReport
 from notifier.delivery.redaction import Redactor
 from notifier.delivery.routing import Router
 from notifier.delivery.sender import (
@@ -36,14 +37,15 @@ from notifier.delivery.sender import (
     RetryLater,
     Sender,
     SendError,
-    as_channel,
 )
 from notifier.delivery.whatsapp import Templates
+from notifier.events import record
+from notifier.metrics import SENDS
 from notifier.planning.plan import Plan
 from notifier.privacy import mask_phone
 from notifier.settings import Settings
 from notifier.store.db import reading, transaction
-from notifier.store.models import Message, Patient, Status, Treatment
+from notifier.store.models import Channel, Message, Patient, Status, Treatment
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +110,8 @@ class Dispatcher:
         ids = self._claim(now)
         report.claimed, report.more = len(ids), len(ids) >= self.claim_limit
         if ids:
-            refused = self._send(ids, now, report)
-            self._opt_out(refused, now)
+            opted_out = self._send(ids, now, report)
+            self._opt_out(opted_out, now)
             self._throttle(report, now)
             report.more = report.more and self.throttled_until is None
         with transaction(self.engine) as session:
@@ -210,9 +212,10 @@ class Dispatcher:
         for index, item in enumerate(stuck):
             message, phone = item.message, item.patient.phone
             if phone is not None:
+                phone = message.recipient or phone  # an alert went to on-call
                 since = (message.claimed_at or message.created_at) - RECONCILE_SKEW
                 body = None if message.content_sid else message.body
-                lookups[index] = Lookup(phone, as_channel(message.channel), body, since)
+                lookups[index] = Lookup(phone, message.channel, body, since)
         found = dict(zip(lookups, self.sender.find_batch(list(lookups.values())), strict=True))
         return [found.get(index, []) for index in range(len(stuck))]
 
@@ -288,8 +291,8 @@ class Dispatcher:
                 )
         return [i for i in ids if i is not None]
 
-    def _send(self, ids: Sequence[int], now: datetime, report: PassReport) -> list[Claimed]:
-        """Send a claimed batch; returns the messages Twilio refused as opted out (21610).
+    def _send(self, ids: Sequence[int], now: datetime, report: PassReport) -> list[int]:
+        """Send a claimed batch; returns the patients Twilio says opted out (21610).
 
         Consent, treatment and window are re-read in a short transaction that commits
         just before the requests start; none is open while they are in flight, so
@@ -325,22 +328,24 @@ class Dispatcher:
         lease: datetime,
         now: datetime,
         report: PassReport,
-    ) -> list[Claimed]:
+    ) -> list[int]:
         """Store what became of each request, on the rows as they are now: a patient
         erased or updated while the request was in flight is never written back.
 
         Accepted messages (the common outcome) are stored in one statement; the rest
-        are settled one by one on freshly read rows. Returns the 21610 refusals."""
+        are settled one by one on freshly read rows. Returns the patients (ids) Twilio
+        says opted out."""
         queued: list[dict[str, object]] = []
         others: dict[int | None, Accepted | Exception] = {}
         for item, answer in zip(sent, answers, strict=True):
+            SENDS.labels(outcome=_outcome(answer), channel=item.message.channel).inc()
             if isinstance(answer, Accepted):
                 report.sent += 1
                 if not self.outcomes.is_yearly(item):
                     queued.append({"message_id": item.message.id, "message_sid": answer.sid})
                     continue
             others[item.message.id] = answer
-        refused: list[Claimed] = []
+        opted_out: list[int] = []
         with transaction(self.engine) as session:
             if queued:
                 session.connection().execute(
@@ -358,10 +363,37 @@ class Dispatcher:
                     ),
                     queued,
                 )
+                self._report_queued(session, sent, queued, now)
             for item in self._owned(session, others, lease):
-                if self._settle(session, item, others[item.message.id], now, report):
-                    refused.append(item)
-        return refused
+                if patient_id := self._settle(session, item, others[item.message.id], now, report):
+                    opted_out.append(patient_id)
+        return opted_out
+
+    def _report_queued(
+        self,
+        session: Session,
+        sent: Sequence[Claimed],
+        queued: Sequence[dict[str, object]],
+        now: datetime,
+    ) -> None:
+        """Events for the booking system: the rows the fast path did store as queued
+        (not one erased or reclaimed while its request was in flight)."""
+        sids = {q["message_id"]: q["message_sid"] for q in queued}
+        stored = set(
+            session.exec(
+                select(Message.id).where(
+                    col(Message.id).in_(list(sids)),
+                    col(Message.status) == Status.QUEUED,
+                    col(Message.sid).in_(list(sids.values())),
+                )
+            ).all()
+        )
+        for item in sent:
+            if item.message.id in stored:
+                item.message.status, item.message.sid = Status.QUEUED, str(sids[item.message.id])
+                record.message_status_changed(
+                    session, item.message, item.patient, item.treatment, now
+                )
 
     def _route(
         self, session: Session, item: Claimed, now: datetime, report: PassReport
@@ -378,7 +410,7 @@ class Dispatcher:
             self.outcomes.finish(session, item, Status.FAILED, now)
             report.failed += 1
             return None
-        message.channel, message.fallback_reason = "sms", route.instead_of_whatsapp
+        message.channel, message.fallback_reason = Channel.SMS, route.instead_of_whatsapp
         return route.outgoing
 
     def _settle(
@@ -388,8 +420,10 @@ class Dispatcher:
         answer: Accepted | Exception,
         now: datetime,
         report: PassReport,
-    ) -> bool:
-        """Turn the sender's answer into the message's next status; True for 21610."""
+    ) -> int | None:
+        """Turn the sender's answer into the message's next status. Returns the patient
+        (id) to hold the rest of the messages of when Twilio says they opted out (21610);
+        an on-call number that opted out fails the alert, and holds nobody."""
         message = item.message
         session.add(message)
         if isinstance(answer, Accepted):
@@ -397,7 +431,7 @@ class Dispatcher:
             self.outcomes.finish(session, item, Status.QUEUED, now)
         elif isinstance(answer, RecipientOptedOut):
             self.outcomes.fail(session, item, answer, now, report)
-            return True
+            return None if message.recipient else message.patient_id
         elif isinstance(answer, PermanentFailure):
             if not self.outcomes.fall_back(session, item, answer, now, report):
                 self.outcomes.fail(session, item, answer, now, report)
@@ -417,7 +451,7 @@ class Dispatcher:
             message.error_message = str(answer)[:255]
             message.lease_until = now + self.outcomes.backoff(message.attempts)
             report.unresolved += 1
-        return False
+        return None
 
     def _throttle(self, report: PassReport, now: datetime) -> None:
         """Slow down when Twilio rate-limits (additive increase, multiplicative decrease):
@@ -438,16 +472,16 @@ class Dispatcher:
             self.throttle_streak, self.throttled_until = 0, None
             self.claim_limit = min(full, self.claim_limit + max(1, full // 10))
 
-    def _opt_out(self, refused: list[Claimed], now: datetime) -> None:
+    def _opt_out(self, patients: list[int], now: datetime) -> None:
         """Twilio says these patients opted out (21610): hold the rest of their messages.
 
         Done after the batch commits: updating a patient row inside the batch could
         deadlock with another worker holding the same row FOR SHARE."""
-        if not refused:
+        if not patients:
             return
         with transaction(self.engine) as session:
-            for item in refused:
-                patient = session.get(Patient, item.patient.id)
+            for patient_id in dict.fromkeys(patients):  # once each, in order
+                patient = session.get(Patient, patient_id)
                 if patient is not None:
                     opt_out.opt_out(session, patient, opt_out.Source.TWILIO_21610, now)
 
@@ -485,3 +519,18 @@ class Dispatcher:
         if lock:
             query = query.with_for_update(of=Message, skip_locked=True)
         return [Claimed(m, p, t) for m, p, t in session.exec(query).all()]
+
+
+def _outcome(answer: Accepted | Exception) -> str:
+    """A send's outcome as `aftercare_sends` labels it."""
+    if isinstance(answer, Accepted):
+        return "accepted"
+    if isinstance(answer, RecipientOptedOut):
+        return "opted_out"
+    if isinstance(answer, PermanentFailure):
+        return "failed"
+    if isinstance(answer, RateLimited):
+        return "rate_limited"
+    if isinstance(answer, RetryLater):
+        return "retry"
+    return "unknown"  # ambiguous: reconciled once its lease runs out

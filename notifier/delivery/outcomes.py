@@ -15,19 +15,29 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, col, select
 
+from notifier.backoff import retry_delay
 from notifier.delivery import whatsapp
 from notifier.delivery.sender import SendError
+from notifier.events import record
 from notifier.planning.clinic import Clinic
 from notifier.planning.outbox import rerender, schedule_next_yearly
 from notifier.planning.plan import Plan
 from notifier.planning.schedule import retime
 from notifier.privacy import mask_phone
 from notifier.settings import Settings
-from notifier.store.models import Message, Patient, Status, Treatment, TreatmentStatus
+from notifier.store.models import (
+    PENDING,
+    WENT_OUT,
+    Message,
+    MessageKind,
+    Patient,
+    Reply,
+    Status,
+    Treatment,
+    TreatmentStatus,
+)
 
 log = logging.getLogger(__name__)
-
-RETRY_CAP = timedelta(hours=1)
 
 
 @dataclass
@@ -62,18 +72,6 @@ class PassReport:
         return ", ".join(parts) if parts else "nothing due"
 
 
-def retry_delay(
-    attempts: int,
-    rng: random.Random,
-    base: timedelta = timedelta(seconds=30),
-    cap: timedelta = RETRY_CAP,
-) -> timedelta:
-    """Exponential backoff with equal jitter: 30 s, 1 min, 2 min, ... capped at 1 h."""
-    delay: timedelta = min(cap, base * 2 ** min(max(attempts - 1, 0), 30))  # 2**30 > any cap
-    half: timedelta = delay / 2
-    return half + half * rng.random()
-
-
 @dataclass(frozen=True)
 class Claimed:
     message: Message
@@ -101,6 +99,8 @@ class Outcomes:
         True if it was settled so. Read on the rows as they are now, this is also what
         keeps a send's outcome from reviving a message erased while it was in flight."""
         patient = item.patient
+        if item.message.any_hour:
+            return self._settle_unwanted_alarm(session, item, now, report)
         if item.treatment.status != TreatmentStatus.ACTIVE or patient.phone is None:
             self.finish(session, item, Status.CANCELLED, now)
             report.cancelled += 1
@@ -111,14 +111,36 @@ class Outcomes:
             return False
         return True
 
+    def _settle_unwanted_alarm(
+        self, session: Session, item: Claimed, now: datetime, report: PassReport
+    ) -> bool:
+        """An acknowledgement or alert about an urgent reply (`notifier.replies.urgent`):
+        an alert is cancelled once the reply is handled; both once it is erased, and an
+        acknowledgement once the patient opted out. The treatment does not matter."""
+        message, patient = item.message, item.patient
+        reply = session.get(Reply, message.reply_id) if message.reply_id is not None else None
+        if reply is None or reply.body is None or patient.phone is None:
+            wanted = False
+        elif message.kind == MessageKind.ALERT:
+            wanted = not reply.handled
+        else:
+            wanted = not patient.opted_out
+        if wanted:
+            return False
+        self.finish(session, item, Status.CANCELLED, now)
+        report.cancelled += 1
+        return True
+
     def defer_to_window(
         self, session: Session, item: Claimed, now: datetime, report: PassReport
     ) -> bool:
         """A message picked up outside its window, or inside the quiet hours (stored before
-        QUIET_HOURS was set, say), waits for the next moment it may go (or expires)."""
+        QUIET_HOURS was set, say), waits for the next moment it may go (or expires); so
+        does a repeated alert whose previous round went out too recently."""
         message = item.message
         tz = ZoneInfo(item.patient.timezone)
-        when = retime(message, now, self.settings.quiet_hours, tz)
+        earliest = self._repeat_due(session, message, now) if message.any_hour else now
+        when = retime(message, earliest, self.settings.quiet_hours, tz)
         if when.at == now and not when.expired:
             return False
         if when.expired:
@@ -129,6 +151,29 @@ class Outcomes:
             message.attempts -= 1  # waiting for the window is not a failed attempt
             report.deferred += 1
         return True
+
+    def _repeat_due(self, session: Session, message: Message, now: datetime) -> datetime:
+        """A repeated alert goes ALERT_REPEAT_MINUTES after the previous round to the same
+        number went out, not before: a worker back after an hour sends one alert, not all
+        three rounds at once. A previous round that failed or never went does not wait."""
+        if message.kind != MessageKind.ALERT or message.occurrence == 0:
+            return now
+        previous = session.exec(
+            select(Message).where(
+                Message.reply_id == message.reply_id,
+                Message.recipient == message.recipient,
+                Message.kind == MessageKind.ALERT,
+                Message.occurrence == message.occurrence - 1,
+            )
+        ).first()
+        spacing = timedelta(minutes=self.settings.alert_repeat_minutes)
+        if previous is None:
+            return now
+        if previous.status in (*PENDING, Status.SENDING):
+            return now + spacing
+        if previous.status in WENT_OUT and previous.claimed_at is not None:
+            return max(now, previous.claimed_at + spacing)
+        return now
 
     def fall_back(
         self, session: Session, item: Claimed, error: SendError, now: datetime, report: PassReport
@@ -196,6 +241,7 @@ class Outcomes:
         message = item.message
         message.status, message.updated_at, message.lease_until = status, now, None
         session.add(message)
+        record.message_status_changed(session, message, item.patient, item.treatment, now)
         if status in (Status.QUEUED, Status.FAILED, Status.EXPIRED):
             self._schedule_following(session, item, now)
 
@@ -205,10 +251,12 @@ class Outcomes:
         in the old language, name or channel. Otherwise its text stays frozen."""
         message, plan = item.message, self.plans.get(item.treatment.kind)
         changed = message.claimed_at is None or item.patient.updated_at >= message.claimed_at
-        if plan is not None and changed:
+        if plan is not None and changed and not message.any_hour:
             rerender(plan, message, item.patient, self.clinic)
 
     def is_yearly(self, item: Claimed) -> bool:
+        if item.message.any_hour:
+            return False
         plan = self.plans.get(item.treatment.kind)
         step = plan.step(item.message.step) if plan else None
         return step is not None and step.yearly

@@ -14,7 +14,7 @@ from notifier.planning.clinic import Clinic
 from notifier.planning.outbox import placeholders
 from notifier.planning.plan import Plan
 from notifier.settings import TwilioSettings
-from notifier.store.models import Message, Patient
+from notifier.store.models import Channel, Message, Patient
 
 
 @dataclass(frozen=True)
@@ -37,19 +37,19 @@ class Router:
     def route(self, message: Message, patient: Patient, kind: str, now: datetime) -> Route:
         assert patient.phone is not None
         plain = Outgoing(
-            to=patient.phone,
-            channel="sms",
+            to=message.recipient or patient.phone,  # an alert goes to its on-call number
+            channel=Channel.SMS,
             body=message.body or "",
             status_callback=self.status_callback,
         )
-        if message.channel != "whatsapp":
+        if message.channel != Channel.WHATSAPP:
             return Route(plain)
         if self.twilio is not None and self.twilio.whatsapp_from is None:
             return Route(
                 plain, instead_of_whatsapp="no WhatsApp sender configured (TWILIO_WHATSAPP_FROM)"
             )
         if whatsapp.in_window(patient.whatsapp_inbound_at, now):
-            return Route(replace(plain, channel="whatsapp"))
+            return Route(replace(plain, channel=Channel.WHATSAPP))
         template = self.templates.find(kind, message.step, message.language)
         plan = self.plans.get(kind)
         if template is None or plan is None:
@@ -62,7 +62,7 @@ class Router:
         return Route(
             replace(
                 plain,
-                channel="whatsapp",
+                channel=Channel.WHATSAPP,
                 content_sid=template.content_sid,
                 content_variables=template.content_variables(values),
             ),

@@ -13,18 +13,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol, TextIO, TypeVar
+from typing import Protocol, TextIO, TypeVar
 
 from notifier.privacy import mask_phone
+from notifier.store.models import Channel
 
-Channel = Literal["sms", "whatsapp"]
 Item = TypeVar("Item")
 Result = TypeVar("Result")
-
-
-def as_channel(name: str) -> Channel:
-    """A channel name as stored on a message, as the seam's type."""
-    return "whatsapp" if name == "whatsapp" else "sms"
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ from zoneinfo import ZoneInfo
 from sqlmodel import Session, col, select
 
 from notifier.delivery import whatsapp
+from notifier.events import record
 from notifier.planning.schedule import QuietHours
-from notifier.store.models import Message, Patient, Status, StatusCallback
+from notifier.store.models import Message, Patient, Status, StatusCallback, Treatment
 
 EARLY_CALLBACK_HORIZON = timedelta(days=1)
 RANK = {
@@ -89,11 +90,14 @@ def _apply(
 ) -> None:
     """Move the message forward; WhatsApp's "cannot reach" failures go again by SMS."""
     moved = advance(message, as_status(twilio_status), error_code, now)
-    if moved and sms_fallback and _unreachable_on_whatsapp(message, error_code):
-        patient = session.get(Patient, message.patient_id)
-        if patient is not None and patient.phone is not None:
-            reason = f"WhatsApp {message.status} with error {error_code} ({message.sid})"
-            whatsapp.fall_back_to_sms(message, reason, ZoneInfo(patient.timezone), now, quiet)
+    patient = session.get(Patient, message.patient_id) if moved else None
+    treatment = session.get(Treatment, message.treatment_id) if moved else None
+    if patient is not None and treatment is not None:
+        record.message_status_changed(session, message, patient, treatment, now)
+    unreachable = moved and sms_fallback and _unreachable_on_whatsapp(message, error_code)
+    if unreachable and patient is not None and patient.phone is not None:
+        reason = f"WhatsApp {message.status} with error {error_code} ({message.sid})"
+        whatsapp.fall_back_to_sms(message, reason, ZoneInfo(patient.timezone), now, quiet)
     session.add(message)
 
 
@@ -139,7 +143,7 @@ def match_early_callbacks(
 
 def advance(message: Message, status: Status | None, error_code: int | None, now: datetime) -> bool:
     """Move `message` to `status` if that is further along; True if it moved."""
-    current = RANK.get(Status(message.status)) if message.status in RANK else None
+    current = RANK.get(message.status)
     if status is None or current is None or RANK[status] <= current:
         return False
     message.status, message.updated_at = status, now

@@ -18,6 +18,7 @@ import logging
 import os
 import ssl
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -36,7 +37,6 @@ from twilio.rest import Client
 from notifier.delivery.sender import (
     Accepted,
     Ambiguous,
-    Channel,
     Lookup,
     Outgoing,
     PermanentFailure,
@@ -46,8 +46,10 @@ from notifier.delivery.sender import (
     RetryLater,
     SendError,
 )
+from notifier.metrics import TWILIO_SECONDS
 from notifier.privacy import mask_phone, scrub
 from notifier.settings import TwilioSettings
+from notifier.store.models import Channel
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +159,7 @@ class TwilioSender:
         try:
             async with self._slots:
                 return await self._converted(
-                    lambda: self._matches(address, lookup.body, _utc(lookup.since))
+                    "lookup", lambda: self._matches(address, lookup.body, _utc(lookup.since))
                 )
         except SendError as error:
             return error
@@ -171,11 +173,11 @@ class TwilioSender:
         try:
             async with self._slots:
                 if item.inbound:
-                    photos = await self._converted(lambda: message.media.list_async())
+                    photos = await self._converted("redact", lambda: message.media.list_async())
                     for photo in photos:
                         media: Any = message.media(photo.sid)
-                        await self._converted(media.delete_async)
-                await self._converted(lambda: message.update_async(body=""))
+                        await self._converted("redact", media.delete_async)
+                await self._converted("redact", lambda: message.update_async(body=""))
         except SendError as error:
             return None if error.code == NOT_FOUND else error
         return None
@@ -184,7 +186,9 @@ class TwilioSender:
         try:
             params = self._params(message)
             async with self._slots:  # waiting for a slot is not part of the timeout
-                created = await self._converted(lambda: self._messages.create_async(**params))
+                created = await self._converted(
+                    "send", lambda: self._messages.create_async(**params)
+                )
         except SendError as error:
             return error
         log.debug(  # at a thousand a second a line each is noise: the row keeps the SID
@@ -203,15 +207,16 @@ class TwilioSender:
             params["status_callback"] = message.status_callback
         return params
 
-    async def _converted(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _converted(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         """Run a Twilio call within the timeout, turning its failures into the
-        `SendError` kinds.
+        `SendError` kinds; its time goes to `aftercare_twilio_request_seconds`.
 
         The originals are not chained (`from None`): their text carries phone
         numbers and request URLs, and tracebacks are logged unmasked.
         """
         connection = _Connection()
         token = _CONNECTION.set(connection)
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._settings.timeout_seconds):
                 return await call()
@@ -225,6 +230,7 @@ class TwilioSender:
             raise _transport_error(exc, connected=connection.made) from None
         finally:
             _CONNECTION.reset(token)
+            TWILIO_SECONDS.labels(operation=operation).observe(time.perf_counter() - started)
 
     async def _matches(self, address: str, body: str | None, since: datetime) -> list[str]:
         # Not filtered by DateSent: Twilio leaves date_sent empty while a message is

@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 from notifier.planning.plan import PLACEHOLDERS, Plan, PlanError
 from notifier.planning.schedule import QuietHours, retime
 from notifier.settings import Settings
-from notifier.store.models import Message, Status
+from notifier.store.models import Channel, Message, Status
 
 WINDOW = timedelta(hours=24)
 # WhatsApp cannot deliver this message to this person; SMS may still reach them.
@@ -140,7 +140,7 @@ def fall_back_to_sms(
 ) -> None:
     """Send the same message by SMS instead, at the next moment of its send window
     outside the quiet hours (or expire it); the reason is recorded on the message."""
-    message.channel, message.fallback_reason = "sms", reason[:255]
+    message.channel, message.fallback_reason = Channel.SMS, reason[:255]
     message.sid = message.content_sid = None
     message.updated_at = now
     when = retime(message, now, quiet, tz)

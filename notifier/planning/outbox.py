@@ -18,7 +18,16 @@ from sqlmodel import Session, col, select, update
 from notifier.planning.clinic import Clinic
 from notifier.planning.plan import Plan, Step
 from notifier.planning.schedule import PlannedMessage, next_occurrence, plan_messages
-from notifier.store.models import PENDING, WENT_OUT, Message, Patient, Status, Treatment
+from notifier.store.models import (
+    PENDING,
+    WENT_OUT,
+    Channel,
+    Message,
+    MessageKind,
+    Patient,
+    Status,
+    Treatment,
+)
 
 
 def schedule_treatment(
@@ -135,7 +144,9 @@ def refresh_pending(
     tz = ZoneInfo(patient.timezone)
     pending = session.exec(
         select(Message).where(
-            Message.treatment_id == treatment.id, col(Message.status).in_(PENDING)
+            Message.treatment_id == treatment.id,
+            col(Message.status).in_(PENDING),
+            Message.kind == MessageKind.PLAN,
         )
     ).all()
     for message in pending:
@@ -171,15 +182,20 @@ def rerender(plan: Plan, message: Message, patient: Patient, clinic: Clinic) -> 
         return  # the step left the plan since: the message stays as it was
     message.body = render(plan, step, patient, clinic)
     message.language = plan.language_for(patient.language)
-    message.channel = patient.channel
+    message.channel = Channel(patient.channel)
     message.content_sid = message.fallback_reason = None
 
 
 def cancel_pending(session: Session, treatment: Treatment, now: datetime) -> int:
-    """Every message of the treatment not yet sent is cancelled; returns how many."""
+    """Every plan message of the treatment not yet sent is cancelled; returns how many.
+    Alerts about the patient's urgent replies are not the treatment's plan: they go on."""
     result = session.exec(
         update(Message)
-        .where(col(Message.treatment_id) == treatment.id, col(Message.status).in_(PENDING))
+        .where(
+            col(Message.treatment_id) == treatment.id,
+            col(Message.status).in_(PENDING),
+            col(Message.kind) == MessageKind.PLAN,
+        )
         .values(status=Status.CANCELLED, updated_at=now)
     )
     return int(result.rowcount)

@@ -187,6 +187,8 @@ class Waiting(Protocol):
     def window_end(self) -> int: ...
     @property
     def expires_at(self) -> datetime: ...
+    @property
+    def any_hour(self) -> bool: ...
 
 
 def message_window(message: Waiting) -> Window:
@@ -197,7 +199,10 @@ def message_window(message: Waiting) -> Window:
 def retime(
     message: Waiting, earliest: datetime, quiet: QuietHours | None, tz: ZoneInfo
 ) -> SendTime:
-    """When a stored message goes out next, not before `earliest`, by its frozen window."""
+    """When a stored message goes out next, not before `earliest`, by its frozen window;
+    one that may go at any hour (an acknowledgement, an alert) at `earliest` itself."""
+    if message.any_hour:
+        return SendTime(earliest, earliest >= message.expires_at)
     return send_time(earliest, message_window(message), quiet, tz, message.expires_at)
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from notifier.consent.keywords import normalise
 from notifier.planning.plan import Plan, PlanError, languages_needed, parse_rules, read_rules
+from notifier.settings import TRIAGE_FILE
 
-TRIAGE_FILE = Path(__file__).resolve().parents[2] / "config" / "triage.toml"
+__all__ = ["TRIAGE_FILE"]  # where the shipped file is (settings names it)
 COMMON = "common"  # the table of rules in no language in particular: emoji, "?"
 SIGNS = "signs"
 SECTIONS = (

@@ -8,15 +8,26 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import Column, Index, text
-from sqlmodel import Field, SQLModel
+from sqlalchemy import Column, Index, UniqueConstraint, text
+from sqlmodel import Field, SQLModel, col
 
-from notifier.store.db import UTCDateTime
+from notifier.store.db import EnumText, UTCDateTime
 
 
 def _utc(nullable: bool = False, index: bool = False) -> Column[datetime]:
     return Column(UTCDateTime(), nullable=nullable, index=index)
+
+
+def _enum(enum: type[StrEnum], default: StrEnum | None = None) -> Column[Any]:
+    """A `StrEnum` column; `default` also fills rows inserted without the ORM."""
+    return Column(EnumText(enum, 16), nullable=False, default=default)
+
+
+class Channel(StrEnum):
+    SMS = "sms"
+    WHATSAPP = "whatsapp"
 
 
 class Status(StrEnum):
@@ -37,6 +48,14 @@ class Status(StrEnum):
 
 PENDING = (Status.SCHEDULED, Status.HELD)
 WENT_OUT = (Status.QUEUED, Status.SENT, Status.DELIVERED, Status.UNDELIVERED, Status.READ)
+
+
+class MessageKind(StrEnum):
+    """Why a row is in the outbox."""
+
+    PLAN = "plan"  # a step of the patient's aftercare plan
+    ACKNOWLEDGEMENT = "acknowledgement"  # to a patient whose reply looked urgent
+    ALERT = "alert"  # to an on-call number, about an urgent reply
 
 
 class TreatmentStatus(StrEnum):
@@ -103,10 +122,18 @@ class Message(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     patient_id: int = Field(foreign_key="patient.id", index=True)
+    # The plan's treatment; for an acknowledgement or alert, the patient's latest one.
     treatment_id: int = Field(foreign_key="treatment.id", index=True)
+    kind: MessageKind = Field(
+        default=MessageKind.PLAN, sa_column=_enum(MessageKind, MessageKind.PLAN)
+    )
+    # The urgent reply an acknowledgement or alert is about.
+    reply_id: int | None = Field(default=None, foreign_key="reply.id", index=True)
+    # An alert's on-call number (E.164); None: the patient's own number.
+    recipient: str | None = Field(default=None, max_length=20)
     step: str = Field(max_length=64)
     occurrence: int = 0  # which repeat of the step (0 = first)
-    channel: str = Field(max_length=16)  # the channel it goes (or went) by
+    channel: Channel = Field(sa_column=_enum(Channel))  # the channel it goes (or went) by
     language: str = Field(default="en", max_length=16)  # the language it was rendered in
     body: str | None = None  # rendered when scheduled; None once erased
     content_sid: str | None = Field(default=None, max_length=34)  # sent as this template
@@ -115,7 +142,7 @@ class Message(SQLModel, table=True):
     expires_at: datetime = Field(sa_column=_utc())
     window_start: int  # minutes after local midnight, frozen with the text
     window_end: int
-    status: str = Field(default=Status.SCHEDULED, max_length=16)
+    status: Status = Field(default=Status.SCHEDULED, sa_column=_enum(Status, Status.SCHEDULED))
     sid: str | None = Field(default=None, max_length=64, unique=True)
     error_code: int | None = None
     error_message: str | None = Field(default=None, max_length=255)
@@ -124,6 +151,12 @@ class Message(SQLModel, table=True):
     lease_until: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
     created_at: datetime = Field(sa_column=_utc())
     updated_at: datetime = Field(sa_column=_utc())
+
+    @property
+    def any_hour(self) -> bool:
+        """An acknowledgement or on-call alert goes at once, at any hour: no send window
+        or quiet hours hold it (SPEC §3, §10). A plan message keeps to them."""
+        return self.kind != MessageKind.PLAN
 
 
 class BookingEvent(SQLModel, table=True):
@@ -174,6 +207,22 @@ class Reply(SQLModel, table=True):
     handled: bool = Field(default=False, index=True)
     handled_by: str | None = Field(default=None, max_length=64)  # the staff member's name
     handled_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    # Triage when it arrived (`notifier.replies.triage`): urgent ones come first.
+    urgent: bool = Field(default=False, index=True)
+    category: str = Field(default="other", max_length=16)
+    signs: str | None = Field(default=None, max_length=255)  # why urgent, comma-separated
+
+
+class ReplyMedia(SQLModel, table=True):
+    """A photo (or other file) a reply carried: where Twilio keeps it, and its type."""
+
+    __table_args__ = (UniqueConstraint("reply_id", "position"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    reply_id: int = Field(foreign_key="reply.id", index=True)
+    position: int  # N of Twilio's MediaUrlN
+    url: str = Field(max_length=1024)  # Twilio's URL: fetched with the account's credentials
+    content_type: str = Field(max_length=128)
 
 
 class StatusCallback(SQLModel, table=True):
@@ -238,3 +287,95 @@ class Redaction(SQLModel, table=True):
     error: str | None = Field(default=None, max_length=255)
     created_at: datetime = Field(sa_column=_utc())
     done_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+
+
+class EventStatus(StrEnum):
+    PENDING = "pending"  # to be delivered, at `next_at`
+    SENDING = "sending"  # a worker is posting it, under a lease
+    DELIVERED = "delivered"
+    DROPPED = "dropped"  # older than the maximum age, never delivered
+
+
+class Event(SQLModel, table=True):
+    """An event for the booking system (SPEC §12), written with the change it reports
+    and posted by the worker: at least once, in order per patient."""
+
+    __table_args__ = (
+        Index(
+            "ix_event_due",
+            "next_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+        # Each patient's events not yet settled, oldest first: who goes next.
+        Index(
+            "ix_event_open",
+            "patient_id",
+            "id",
+            postgresql_where=text("status IN ('pending', 'sending')"),
+            sqlite_where=text("status IN ('pending', 'sending')"),
+        ),
+        Index("ix_event_created", "created_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)  # the order events happened in
+    event_id: str = Field(max_length=40, unique=True)  # the `id` a receiver de-duplicates by
+    type: str = Field(max_length=32)
+    patient_id: int = Field(foreign_key="patient.id")  # whose: one patient's go in order
+    payload: str  # the JSON body, signed and posted as it is
+    status: EventStatus = Field(
+        default=EventStatus.PENDING, sa_column=_enum(EventStatus, EventStatus.PENDING)
+    )
+    attempts: int = 0
+    next_at: datetime = Field(sa_column=_utc())
+    lease_until: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    error: str | None = Field(default=None, max_length=255)
+    created_at: datetime = Field(sa_column=_utc())
+    delivered_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+
+
+# -- the staff dashboard (`notifier.staff`, `webhooks.dashboard`) ---------------------
+
+
+class StaffAccount(SQLModel, table=True):
+    """A person who signs in to the dashboard (`aftercare staff add NAME`)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, unique=True)  # recorded with every change they make
+    password_hash: str = Field(max_length=255)  # argon2id, with its parameters and salt
+    created_at: datetime = Field(sa_column=_utc())
+    updated_at: datetime = Field(sa_column=_utc())  # last password change
+    last_login_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+
+
+class LoginThrottle(SQLModel, table=True):
+    """Failed sign-ins of one account name or one address: each beyond the first few
+    makes the next attempt wait longer (`notifier.staff.throttle`)."""
+
+    key: str = Field(primary_key=True, max_length=128)  # "account:NAME" or "address:IP"
+    failures: int = 0
+    last_failure_at: datetime = Field(sa_column=_utc())
+    blocked_until: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+
+
+# The inbox: unhandled replies, urgent first, newest first, read as an index range.
+Index(
+    "ix_reply_inbox",
+    col(Reply.urgent),
+    col(Reply.received_at),
+    col(Reply.id),
+    postgresql_where=text("NOT handled"),
+    sqlite_where=text("handled = 0"),  # as SQLAlchemy writes `not_(handled)` there
+)
+# Every reply, urgent first, then newest (the staff API's list, handled or not).
+Index("ix_reply_urgent_newest", col(Reply.urgent), col(Reply.received_at), col(Reply.id))
+# The delivery problems of the last days, by last change; counted by cause from the
+# index alone.
+Index(
+    "ix_message_problems",
+    col(Message.updated_at),
+    col(Message.status),
+    col(Message.error_code),
+    postgresql_where=text("status IN ('failed', 'undelivered', 'expired')"),
+    sqlite_where=text("status IN ('failed', 'undelivered', 'expired')"),
+)

@@ -72,6 +72,10 @@ _ONE = r"^/2010-04-01/Accounts/(?P<sid>[^/]+)/Messages/(?P<message>[^/.]+)"
 MESSAGE_PATH = re.compile(_ONE + r"\.json$")
 MEDIA_LIST_PATH = re.compile(_ONE + r"/Media\.json$")
 MEDIA_PATH = re.compile(_ONE + r"/Media/(?P<media>[^/.]+)\.json$")
+# A photo's file itself (what `MediaUrlN` of an inbound webhook points at), read with
+# the account's credentials. Not in the JSON API's spec: Twilio serves the file there.
+MEDIA_FILE_PATH = re.compile(_ONE + r"/Media/(?P<media>[^/.]+)$")
+PHOTO = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(64)) + b"\xff\xd9"  # a JPEG's shape
 SPEC_PATHS = [
     (MESSAGES_PATH, MESSAGES),
     (MESSAGE_PATH, "/2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json"),
@@ -285,6 +289,8 @@ class Reply:
 
     status: int
     payload: Any = None
+    content: bytes | None = None  # a file, sent as it is instead of `payload` as JSON
+    content_type: str = "application/json; charset=utf-8"
 
     @classmethod
     def error(cls, status: int, code: int, **values: str) -> Reply:
@@ -335,6 +341,7 @@ class FakeTwilio:
         self._contract = load_contract(spec) if validate else None
         self._lock = threading.Lock()
         self._messages: list[FakeMessage] = []
+        self._files: dict[str, tuple[bytes, str]] = {}  # photo SID -> its bytes and type
         self._violations: list[str] = []
         self._requests: list[RecordedRequest] = []
         self._scripts: dict[str, deque[Fault]] = {"POST": deque(), "GET": deque()}
@@ -413,15 +420,30 @@ class FakeTwilio:
         """Record a message as if sent earlier through the API (for lookups)."""
         return self._record({"To": to, "From": from_, "Body": body}, created)
 
-    def add_inbound(self, from_: str, body: str, photos: int = 0) -> FakeMessage:
-        """Record a message a patient sent the clinic, with `photos` photos."""
+    def add_inbound(
+        self,
+        from_: str,
+        body: str,
+        photos: int = 0,
+        *,
+        content: bytes = PHOTO,
+        content_type: str = "image/jpeg",
+    ) -> FakeMessage:
+        """Record a message a patient sent the clinic, with `photos` files (each `content`)."""
         message = replace(
             self._record({"To": "+15005550006", "From": from_, "Body": body}),
             direction="inbound",
             media=tuple("ME" + secrets.token_hex(16) for _ in range(photos)),
         )
         self._replace(message)
+        with self._lock:
+            self._files.update(dict.fromkeys(message.media, (content, content_type)))
         return message
+
+    def media_url(self, message: FakeMessage, n: int) -> str:
+        """The address of the message's file `n`, as Twilio gives it in `MediaUrlN`."""
+        base = f"{self.base_url}/2010-04-01/Accounts/{self.account_sid}/Messages"
+        return f"{base}/{message.sid}/Media/{message.media[n]}"
 
     def message(self, sid: str) -> FakeMessage | None:
         with self._lock:
@@ -440,6 +462,9 @@ class FakeTwilio:
         denied = self._authenticate(headers)
         if denied is not None:
             return denied
+        file = MEDIA_FILE_PATH.match(path)
+        if file is not None and method == "GET" and file["sid"] == self.account_sid:
+            return self._file(file)
         if self._contract is not None:
             problems = self._contract.check(method, path, query, body, headers)
             if problems:
@@ -578,6 +603,15 @@ class FakeTwilio:
             return Reply.error(404, 20404)
         self._violation(f"{method} {path.string}: not served by the fake")
         return Reply.error(405, 20001, detail="method not served")
+
+    def _file(self, path: re.Match[str]) -> Reply:
+        """A photo's bytes; 404 once deleted (a redaction deletes a reply's photos)."""
+        message = self.message(path["message"])
+        with self._lock:
+            found = self._files.get(path["media"])
+        if message is None or path["media"] not in message.media or found is None:
+            return Reply.error(404, 20404)
+        return Reply(200, content=found[0], content_type=found[1])
 
     def _media_page(self, message: FakeMessage) -> dict[str, Any]:
         base = f"/2010-04-01/Accounts/{self.account_sid}/Messages/{message.sid}/Media"
@@ -781,8 +815,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         data = b"" if reply.status == 204 else json.dumps(reply.payload).encode()
+        if reply.content is not None:
+            data = reply.content
         self.send_response(reply.status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Type", reply.content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

@@ -1,0 +1,71 @@
+"""A patient's page (timeline, consent log, recording their wish to stop) and search."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import abort, flash, g, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+
+from notifier.consent import opt_out
+from notifier.privacy import mask_phone
+from notifier.staff import timeline
+from notifier.staff.causes import explain
+from notifier.store.db import reading, transaction
+from webhooks.dashboard.blueprint import bp
+from webhooks.services import services
+
+log = logging.getLogger(__name__)
+MAX_QUERY = 128
+
+
+@bp.get("/patients")
+def search() -> ResponseReturnValue:
+    query = request.args.get("q", "").strip()
+    if len(query) > MAX_QUERY:
+        abort(400, f"A search is at most {MAX_QUERY} characters: a booking id or phone digits.")
+    if not query:
+        return render_template("dashboard/search.html", query="", found=None)
+    try:
+        with reading(services().engine) as db:
+            found = timeline.search(db, query)
+    except timeline.SearchError as error:
+        page = render_template("dashboard/search.html", query=query, found=None, error=str(error))
+        return page, 400
+    if len(found) == 1 and found[0].external_id == query:
+        return redirect(url_for("dashboard.patient", patient_id=query))
+    return render_template("dashboard/search.html", query=query, found=found)
+
+
+@bp.get("/patients/<patient_id>")
+def patient(patient_id: str) -> ResponseReturnValue:
+    with reading(services().engine) as db:
+        found = timeline.find(db, patient_id)
+        if found is None:
+            abort(404, f"There is no patient with the booking id {patient_id[:64]!r}.")
+        story = timeline.timeline(db, found)
+        stopped_by_patient = opt_out.opted_out_by_the_patient(db, found)
+    return render_template(
+        "dashboard/patient.html",
+        story=story,
+        patient=story.patient,
+        explain=explain,
+        stopped_by_patient=stopped_by_patient,
+    )
+
+
+@bp.post("/patients/<patient_id>/stop")
+def record_stop(patient_id: str) -> ResponseReturnValue:
+    """Staff record a patient's wish, told to the clinic, to get no more messages (as
+    the staff API's consent call: everything pending is held)."""
+    svc = services()
+    with transaction(svc.engine) as db:
+        found = timeline.find(db, patient_id)
+        if found is None:
+            abort(404, f"There is no patient with the booking id {patient_id[:64]!r}.")
+        already = found.opted_out
+        if not already:
+            opt_out.opt_out(db, found, opt_out.Source.STAFF, svc.clock(), by=g.staff)
+    log.info("patient %s opted out by %s", mask_phone(found.phone), g.staff)
+    flash("Already opted out." if already else "Recorded: no more messages will be sent.")
+    return redirect(url_for("dashboard.patient", patient_id=patient_id))
