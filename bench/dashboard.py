@@ -124,18 +124,21 @@ SEED = [
            LATERAL (SELECT :now - (p % 90) * interval '1 day' + s * interval '3 days'
                     - interval '1 hour' AS ts) t""",
     """INSERT INTO reply (sid, patient_id, from_phone, channel, body, received_at, handled,
-           handled_by, handled_at, urgent, category, signs)
+           handled_by, handled_at, urgent, category, signs, after_step)
        SELECT 'SMr' || md5(p || 'r' || r), p, '+9715' || lpad(p::text, 8, '0'), 'sms',
            'Reply ' || r, ts, NOT (p % 500 = 0 AND r = 9),
            CASE WHEN p % 500 = 0 AND r = 9 THEN NULL ELSE 'bench' END,
            CASE WHEN p % 500 = 0 AND r = 9 THEN NULL ELSE ts END,
            (p + r) % 20 = 0, CASE WHEN (p + r) % 20 = 0 THEN 'urgent' ELSE 'question' END,
-           CASE WHEN (p + r) % 20 = 0 THEN 'pain' END
+           CASE WHEN (p + r) % 20 = 0 THEN 'pain' END,
+           -- the step sent last before it: day_0 at -1 h, day_3 three days later
+           'day_' || (((r * 8 + 1) / 72) * 3)
        FROM generate_series(1, :n) p, generate_series(0, 9) r,
            LATERAL (SELECT :now - (p % 90) * interval '1 day' + r * interval '8 hours'
                     AS ts) t""",
-    """INSERT INTO consentchange (patient_id, at, consented, source)
-       SELECT id, :now - (id % 90) * interval '1 day' + interval '2 days', false, 'keyword'
+    """INSERT INTO consentchange (patient_id, at, consented, source, after_step)
+       SELECT id, :now - (id % 90) * interval '1 day' + interval '2 days', false, 'keyword',
+           'day_0'
        FROM patient WHERE opted_out""",
     "SELECT setval('patient_id_seq', :n)",
     "SELECT setval('treatment_id_seq', :n)",

@@ -8,14 +8,20 @@ keyword: "stop please" is a reply, not an opt-out.
 
 from __future__ import annotations
 
-import string
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from notifier.planning.plan import Plan, PlanError, languages_needed, parse_rules, read_rules
+from notifier.planning.plan import (
+    Plan,
+    PlanError,
+    languages_needed,
+    parse_rules,
+    read_rules,
+    read_template,
+)
 
 
 class Intent(StrEnum):
@@ -225,20 +231,13 @@ class _Reader:
 
     def _text(self, lang: str, name: str, raw: object) -> str:
         where = f"[{lang}] {name}"
-        if not isinstance(raw, str) or not raw.strip():
-            self.problem(f"{where} is missing")
-            return ""
-        try:
-            used = {n for _, n, _, _ in string.Formatter().parse(raw) if n is not None}
-        except ValueError as error:
-            self.problem(f"{where}: broken braces ({error}); write {{{{ or }}}} for a brace")
-            return ""
-        for unknown in sorted(used - PLACEHOLDERS):
-            known = ", ".join(sorted(PLACEHOLDERS))
-            self.problem(f"{where}: unknown placeholder {{{unknown}}} (known: {known})")
-        if name == "help_reply" and not used >= PLACEHOLDERS:
-            self.problem(f"{where} must name the clinic: {{clinic_name}} and {{clinic_phone}}")
-        return raw.strip()
+        found: list[str] = []
+        text, used = read_template(where, raw, PLACEHOLDERS, found)
+        if text and name == "help_reply" and not used >= PLACEHOLDERS:
+            found.append(f"{where} must name the clinic: {{clinic_name}} and {{clinic_phone}}")
+        for problem in found:
+            self.problem(problem)
+        return text
 
     def twilio_words(self) -> None:
         """Twilio acts on its words on SMS whatever the file says; they must agree."""

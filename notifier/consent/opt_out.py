@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 from sqlmodel import Session, col, select, update
 
 from notifier.events import record
+from notifier.planning.outbox import last_step_sent
 from notifier.planning.schedule import QuietHours, retime
 from notifier.store.models import ConsentChange, Message, MessageKind, Patient, Status
 
@@ -149,6 +150,14 @@ def _log(
     by: str | None = None,
 ) -> None:
     assert patient.id is not None
+    after = None if consented else last_step_sent(session, patient.id, now)
     session.add(
-        ConsentChange(patient_id=patient.id, at=now, consented=consented, source=source, by=by)
+        ConsentChange(
+            patient_id=patient.id,
+            at=now,
+            consented=consented,
+            source=source,
+            by=by,
+            after_step=after,
+        )
     )

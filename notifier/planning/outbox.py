@@ -201,6 +201,23 @@ def cancel_pending(session: Session, treatment: Treatment, now: datetime) -> int
     return int(result.rowcount)
 
 
+def last_step_sent(session: Session, patient_id: int, now: datetime) -> str | None:
+    """The plan step of the last message the patient had been sent by `now`: what a
+    reply answers, or an opt-out follows."""
+    step: str | None = session.exec(
+        select(Message.step)
+        .where(
+            Message.patient_id == patient_id,
+            Message.kind == MessageKind.PLAN,
+            col(Message.status).in_(WENT_OUT),
+            col(Message.send_at) <= now,
+        )
+        .order_by(col(Message.send_at).desc(), col(Message.id).desc())
+        .limit(1)
+    ).first()
+    return step
+
+
 def render(plan: Plan, step: Step, patient: Patient, clinic: Clinic) -> str:
     return plan.render(step, patient.language, placeholders(patient, clinic))
 

@@ -87,6 +87,26 @@ def parse_rules(
     return data, missing
 
 
+def read_template(
+    where: str, raw: object, known: frozenset[str], problems: list[str]
+) -> tuple[str, set[str]]:
+    """A one-line text of a rules file with `{placeholders}` (an answer, an alert): the
+    text stripped and the placeholders it uses; what is wrong goes to `problems`, each
+    naming `where` (an empty text and no placeholders then)."""
+    if not isinstance(raw, str) or not raw.strip():
+        problems.append(f"{where} is missing")
+        return "", set()
+    try:
+        used = {n for _, n, _, _ in string.Formatter().parse(raw) if n is not None}
+    except ValueError as error:
+        problems.append(f"{where}: broken braces ({error}); write {{{{ or }}}} for a brace")
+        return "", set()
+    names = ", ".join(sorted(known))
+    for unknown in sorted(used - known):
+        problems.append(f"{where}: unknown placeholder {{{unknown}}} (known: {names})")
+    return raw.strip(), used
+
+
 def languages_needed(plans: Mapping[str, Plan]) -> dict[str, str]:
     """Each language a plan carries, and (the first) plan that carries it."""
     return {lang: kind for kind, plan in sorted(plans.items()) for lang in plan.languages}

@@ -14,6 +14,7 @@ from notifier.consent import opt_out
 from notifier.consent.keywords import Intent, Keywords, answer, intent
 from notifier.events import record
 from notifier.planning.clinic import Clinic
+from notifier.planning.outbox import last_step_sent
 from notifier.planning.plan import Plan
 from notifier.privacy import mask_phone
 from notifier.replies.triage import Triage, TriageRules, classify
@@ -153,6 +154,7 @@ def _store_reply(
         urgent=triage.urgent,
         category=triage.category,
         signs=",".join(triage.signs) or None,
+        after_step=last_step_sent(session, patient.id, now) if patient and patient.id else None,
     )
     session.add(reply)
     session.flush()  # its id, for the photos and alerts

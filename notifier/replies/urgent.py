@@ -13,7 +13,6 @@ alerts). The patient is acknowledged at most once an hour.
 
 from __future__ import annotations
 
-import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,7 +22,14 @@ from typing import Any
 from sqlmodel import Session, col, select, update
 
 from notifier.planning.clinic import Clinic
-from notifier.planning.plan import Plan, PlanError, languages_needed, parse_rules, read_rules
+from notifier.planning.plan import (
+    Plan,
+    PlanError,
+    languages_needed,
+    parse_rules,
+    read_rules,
+    read_template,
+)
 from notifier.settings import Settings
 from notifier.store.models import (
     PENDING,
@@ -309,22 +315,12 @@ def parse_alert_texts(text: str, source: str, needed: Mapping[str, str]) -> Aler
     problems = [f"{source}: {p}" for p in problems]
 
     def read(where: str, raw: object, allowed: frozenset[str], needs: frozenset[str]) -> str:
-        if not isinstance(raw, str) or not raw.strip():
-            problems.append(f"{source}: {where} is missing")
-            return ""
-        try:
-            used = {n for _, n, _, _ in string.Formatter().parse(raw) if n is not None}
-        except ValueError as error:
-            problems.append(f"{source}: {where}: broken braces ({error})")
-            return ""
-        for unknown in sorted(used - allowed):
-            known = ", ".join(sorted(allowed))
-            problems.append(
-                f"{source}: {where}: unknown placeholder {{{unknown}}} (known: {known})"
-            )
-        for absent in sorted(needs - used):
-            problems.append(f"{source}: {where} must give {{{absent}}}")
-        return raw.strip()
+        found: list[str] = []
+        text, used = read_template(where, raw, allowed, found)
+        if text:
+            found += [f"{where} must give {{{absent}}}" for absent in sorted(needs - used)]
+        problems.extend(f"{source}: {problem}" for problem in found)
+        return text
 
     oncall: Any = data.get(ONCALL)
     if not isinstance(oncall, dict):

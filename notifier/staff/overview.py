@@ -117,7 +117,7 @@ def by_channel(session: Session, now: datetime, days: int = DAYS) -> list[Channe
 def by_step(session: Session, now: datetime, days: int = DAYS) -> list[StepRates]:
     """For each plan step: messages that went out in the last `days`, and the patient
     opt-outs and replies that followed it (each counted against the last message the
-    patient was sent before it, as the inbox shows)."""
+    patient had been sent, stored with it when it arrived: `after_step`)."""
     since = now - timedelta(days=days)
     sent = dict(
         session.exec(
@@ -131,20 +131,26 @@ def by_step(session: Session, now: datetime, days: int = DAYS) -> list[StepRates
             .group_by(col(Message.step))
         ).all()
     )
-    stops = _attributed(
-        session,
-        ConsentChange.patient_id,
-        ConsentChange.at,
-        (
-            col(ConsentChange.consented).is_(false()),
-            col(ConsentChange.source).in_(PATIENT_STOPS),
-            col(ConsentChange.at) >= since,
-        ),
+    stops = dict(
+        session.exec(
+            select(ConsentChange.after_step, func.count())
+            .where(
+                col(ConsentChange.consented).is_(false()),
+                col(ConsentChange.source).in_(PATIENT_STOPS),
+                col(ConsentChange.at) >= since,
+                col(ConsentChange.after_step).is_not(None),
+            )
+            .group_by(col(ConsentChange.after_step))
+        ).all()
     )
-    replies = _attributed(
-        session, Reply.patient_id, Reply.received_at, (col(Reply.received_at) >= since,)
+    replies = dict(
+        session.exec(
+            select(Reply.after_step, func.count())
+            .where(col(Reply.received_at) >= since, col(Reply.after_step).is_not(None))
+            .group_by(col(Reply.after_step))
+        ).all()
     )
-    steps = sorted(set(sent) | set(stops) | set(replies), key=_natural)
+    steps = sorted({*sent, *(s for s in stops if s), *(s for s in replies if s)}, key=_natural)
     return [StepRates(s, sent.get(s, 0), stops.get(s, 0), replies.get(s, 0)) for s in steps]
 
 
@@ -152,26 +158,6 @@ def _natural(step: str) -> tuple[str, int, str]:
     """day_2 before day_10."""
     head, _, tail = step.rpartition("_")
     return (head, int(tail), "") if tail.isdigit() else (step, 0, "")
-
-
-def _attributed(
-    session: Session, patient: Any, at: Any, where: tuple[ColumnElement[bool], ...]
-) -> dict[str, int]:
-    """Events (opt-outs, replies) counted by the step of the message they followed."""
-    step = (
-        select(Message.step)
-        .where(
-            Message.patient_id == patient,
-            Message.kind == MessageKind.PLAN,
-            col(Message.status).in_(WENT_OUT),
-            col(Message.send_at) <= at,
-        )
-        .order_by(col(Message.send_at).desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-    rows = session.exec(select(step, func.count()).where(*where).group_by(step)).all()
-    return {s: n for s, n in rows if s is not None}
 
 
 def queue(session: Session, now: datetime) -> Queue:

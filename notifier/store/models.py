@@ -181,6 +181,9 @@ class ConsentChange(SQLModel, table=True):
     consented: bool
     source: str = Field(max_length=32)  # booking, keyword, twilio_21610, staff
     by: str | None = Field(default=None, max_length=64)  # the staff token's name, for staff
+    # The plan step of the last message the patient had been sent by then (what made
+    # them stop?), kept so the overview counts by step without searching for it.
+    after_step: str | None = Field(default=None, max_length=64)
 
 
 class Reply(SQLModel, table=True):
@@ -207,6 +210,8 @@ class Reply(SQLModel, table=True):
     handled: bool = Field(default=False, index=True)
     handled_by: str | None = Field(default=None, max_length=64)  # the staff member's name
     handled_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    # The plan step of the last message the patient had been sent when it arrived.
+    after_step: str | None = Field(default=None, max_length=64)
     # Triage when it arrived (`notifier.replies.triage`): urgent ones come first.
     urgent: bool = Field(default=False, index=True)
     category: str = Field(default="other", max_length=16)
@@ -378,4 +383,14 @@ Index(
     col(Message.error_code),
     postgresql_where=text("status IN ('failed', 'undelivered', 'expired')"),
     sqlite_where=text("status IN ('failed', 'undelivered', 'expired')"),
+)
+# The overview's opt-out and reply rates per step: the last days' rows, read from the
+# index alone.
+Index("ix_reply_received_step", col(Reply.received_at), col(Reply.after_step))
+Index(
+    "ix_consentchange_stops",
+    col(ConsentChange.at),
+    col(ConsentChange.after_step),
+    postgresql_where=text("NOT consented"),
+    sqlite_where=text("consented = 0"),
 )

@@ -12,6 +12,7 @@ import pytest
 from bs4 import BeautifulSoup
 
 from notifier import create_app
+from notifier.planning.outbox import last_step_sent
 from notifier.settings import Settings
 from notifier.staff import accounts
 from notifier.store.db import transaction
@@ -171,12 +172,17 @@ class Clinic:
     def reply(self, patient: Patient | None, body: str = "Thank you", **values: Any) -> Reply:
         self._counter += 1
         with transaction(self.engine) as session:
+            received = values.pop("received_at", self.now - timedelta(hours=1))
             reply = Reply(
                 sid=f"SMreply{self._counter:026d}",
                 patient_id=patient.id if patient else None,
                 from_phone=values.pop("from_phone", patient.phone if patient else "+971509999999"),
                 body=body,
-                received_at=values.pop("received_at", self.now - timedelta(hours=1)),
+                received_at=received,
+                # as the inbox stores it: the step the reply followed
+                after_step=last_step_sent(session, patient.id, received)
+                if patient and patient.id
+                else None,
                 **values,
             )
             session.add(reply)

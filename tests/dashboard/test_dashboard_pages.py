@@ -334,17 +334,13 @@ def test_the_overview_counts_patient_opt_outs_against_the_step_before_them(
     omar = clinic.patient()
     clinic.message(omar, "day_1", send_at=clinic.now - timedelta(days=2))
     clinic.message(omar, "day_3", send_at=clinic.now - timedelta(days=1))
+    from notifier.consent.opt_out import Source, opt_out
     from notifier.store.db import transaction
 
-    with transaction(engine) as session:
-        session.add(
-            ConsentChange(
-                patient_id=omar.id,
-                at=clinic.now - timedelta(hours=20),
-                consented=False,
-                source="keyword",
-            )
-        )
+    with transaction(engine) as session:  # a STOP, recorded as the inbox records it
+        patient = session.get(Patient, omar.id)
+        assert patient is not None
+        opt_out(session, patient, Source.KEYWORD, clinic.now - timedelta(hours=20))
     signed_in.get("/staff/overview")
     steps = {
         r.find("th").get_text(): [td.get_text() for td in r.select("td")]
