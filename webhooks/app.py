@@ -13,7 +13,6 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from notifier.consent.keywords import load_keywords
 from notifier.delivery.whatsapp import load_whatsapp_templates
 from notifier.metrics import WEBHOOK_SECONDS
 from notifier.planning.plan import PlanError, load_plans
@@ -65,14 +64,12 @@ def _build(settings: Settings, engine: Engine | None, clock: Clock) -> Flask:
     plans = load_plans(settings.plans_dir)
     if conflicts := quiet_conflicts(plans.values(), settings.quiet_hours):
         raise ConfigError("QUIET_HOURS: no message could ever go out for " + "; ".join(conflicts))
-    keywords = load_keywords(settings.keywords_file, plans)
     app.extensions["aftercare"] = Services(
         settings=settings,
         engine=engine or make_engine(settings.database_url),
         plans=plans,
         templates=load_whatsapp_templates(settings, plans),
-        keywords=keywords,
-        listening=listening(settings, plans, keywords),
+        listening=listening(settings, plans),
         clock=clock,
     )
     for blueprint in (booking.bp, twilio.bp, staff.bp, health.bp, openapi.bp, metrics.bp):

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from flask import current_app
 from sqlalchemy import Engine
 
-from notifier.consent.keywords import Keywords
+from notifier.consent.keywords import load_keywords
 from notifier.delivery.whatsapp import Templates
 from notifier.planning.clinic import Clinic
 from notifier.planning.plan import Plan
@@ -31,7 +31,6 @@ class Services:
     engine: Engine
     plans: dict[str, Plan]
     templates: Templates
-    keywords: Keywords
     listening: Listening  # what the inbox needs: keywords, triage, alerting
     clock: Clock
 
@@ -40,11 +39,11 @@ class Services:
         return self.settings.clinic
 
 
-def listening(settings: Settings, plans: dict[str, Plan], keywords: Keywords) -> Listening:
+def listening(settings: Settings, plans: dict[str, Plan]) -> Listening:
     """The inbox's rules, each file checked against the plans (`PlanError` if not)."""
     texts = load_alert_texts(plans, settings.alerts_file)
     return Listening(
-        keywords=keywords,
+        keywords=load_keywords(settings.keywords_file, plans),
         triage=load_triage(plans, settings.triage_file),
         clinic=settings.clinic,
         alerting=Alerting.from_settings(settings, texts),

@@ -19,7 +19,6 @@ from notifier.consent.keywords import normalise
 from notifier.planning.plan import Plan, PlanError, languages_needed, parse_rules, read_rules
 from notifier.settings import TRIAGE_FILE
 
-__all__ = ["TRIAGE_FILE"]  # where the shipped file is (settings names it)
 COMMON = "common"  # the table of rules in no language in particular: emoji, "?"
 SIGNS = "signs"
 SECTIONS = (

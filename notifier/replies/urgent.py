@@ -229,7 +229,7 @@ def _open_case(session: Session, patient: Patient, reply: Reply) -> bool:
         .where(
             Message.patient_id == patient.id,
             Message.kind == MessageKind.ALERT,
-            Reply.handled == False,  # noqa: E712 - SQL
+            col(Reply.handled).is_(False),
             Reply.id != reply.id,
         )
     ).first()
