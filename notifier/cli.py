@@ -32,7 +32,13 @@ from notifier.planning.schedule import quiet_conflicts
 from notifier.settings import ConfigError, Settings
 from notifier.store import migrate
 from notifier.store.db import make_engine
-from notifier.worker import WorkerLockError, build_dispatcher, run_worker, single_worker_lock
+from notifier.worker import (
+    WorkerLockError,
+    build_dispatcher,
+    fold_tallies,
+    run_worker,
+    single_worker_lock,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -131,6 +137,7 @@ def dispatch(max_seconds: int, console: bool) -> None:
         finally:
             dispatcher.close()
         events = publish_until_done(Publisher(engine, settings), max_seconds)
+        fold_tallies(engine)
     click.echo(f"dispatch: {run.summary()}")
     if settings.events_webhook_url is not None or events.dropped:
         click.echo(

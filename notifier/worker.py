@@ -29,6 +29,8 @@ from notifier.delivery.whatsapp import load_whatsapp_templates
 from notifier.events.publisher import Publisher
 from notifier.planning.plan import load_plans
 from notifier.settings import Settings
+from notifier.store import tally
+from notifier.store.db import transaction
 
 log = logging.getLogger(__name__)
 # APScheduler reports every run of the job at INFO; a pass logs its own summary.
@@ -37,6 +39,8 @@ logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
 JOB_ID = "dispatch"
 RETENTION_JOB_ID = "retention"
 EVENTS_JOB_ID = "events"
+TALLY_JOB_ID = "tally"
+TALLY_INTERVAL = timedelta(minutes=1)
 WAKE_MARGIN = timedelta(milliseconds=50)
 
 
@@ -174,14 +178,42 @@ def add_events_job(scheduler: BaseScheduler, engine: Engine, settings: Settings)
     return publisher
 
 
+def fold_tallies(engine: Engine) -> int:
+    """The overview's counts take in the changes the database's triggers wrote."""
+    with transaction(engine) as session:
+        return tally.fold(session)
+
+
+def add_tally_job(scheduler: BaseScheduler, engine: Engine) -> None:
+    """Folding runs every minute as a job of its own. Pages read the changes not yet
+    folded too, so a late fold costs the overview a little time, never a count."""
+    scheduler.add_job(
+        fold_tallies,
+        "interval",
+        args=(engine,),
+        id=TALLY_JOB_ID,
+        seconds=TALLY_INTERVAL.total_seconds(),
+        next_run_time=datetime.now(UTC),
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=None,
+    )
+
+
+def add_upkeep_jobs(scheduler: BaseScheduler, engine: Engine, settings: Settings) -> None:
+    """The jobs beside dispatching, each on its own schedule: retention, events, tallies."""
+    add_retention_job(scheduler, engine, settings)
+    add_events_job(scheduler, engine, settings)
+    add_tally_job(scheduler, engine)
+
+
 def run_worker(settings: Settings, engine: Engine) -> None:
     """The dispatcher loop alone, until SIGTERM or Ctrl-C."""
     with single_worker_lock(settings.database_url):
         dispatcher = build_dispatcher(settings, engine)
         scheduler = BlockingScheduler(timezone=UTC)
         job = add_dispatch_job(scheduler, dispatcher, settings)
-        add_retention_job(scheduler, engine, settings)
-        add_events_job(scheduler, engine, settings)
+        add_upkeep_jobs(scheduler, engine, settings)
 
         def stop(_signum: int, _frame: FrameType | None) -> None:
             job.stopping.set()
@@ -206,8 +238,7 @@ def dispatching_in_background(settings: Settings, engine: Engine) -> Iterator[Ba
     scheduler = BackgroundScheduler(timezone=UTC)
     dispatcher = build_dispatcher(settings, engine)
     job = add_dispatch_job(scheduler, dispatcher, settings)
-    add_retention_job(scheduler, engine, settings)
-    add_events_job(scheduler, engine, settings)
+    add_upkeep_jobs(scheduler, engine, settings)
     scheduler.start()
     try:
         yield scheduler

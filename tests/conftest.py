@@ -27,6 +27,7 @@ from notifier.settings import Settings, StaffToken, TwilioSettings
 from notifier.signature import sign
 from notifier.store import migrate
 from notifier.store.db import make_engine
+from tests.support import tallies
 from tests.support.postgres import admin_connection
 
 SECRET = "test-booking-secret"
@@ -94,10 +95,12 @@ def sqlite_url(sqlite_template: str, tmp_path: Any) -> str:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest) -> str:
-    """Every test using this runs on SQLite and on PostgreSQL."""
+def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test using this runs on SQLite and on PostgreSQL. Afterwards, whatever the
+    test did, the overview's tallies must still count exactly what the database holds."""
     url: str = request.getfixturevalue(f"{request.param}_url")
-    return url
+    yield url
+    tallies.check_database(url)
 
 
 def make_settings(database_url: str) -> Settings:

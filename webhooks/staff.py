@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import hmac
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import wraps
 from typing import Any
 from urllib.parse import quote
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlmodel import Session, col, select
 
 from notifier.consent import opt_out
-from notifier.delivery.twilio_media import MediaUnavailable, fetch_photo, is_image
+from notifier.delivery.twilio_media import MediaUnavailable
 from notifier.replies import inbox
+from notifier.staff.inbox import media_of
 from notifier.store.db import reading, transaction
 from notifier.store.models import (
     ConsentChange,
@@ -31,6 +32,7 @@ from notifier.store.models import (
     ReplyMedia,
 )
 from webhooks.encoding import iso_utc
+from webhooks.photos import photo_response
 from webhooks.services import services
 
 bp = Blueprint("staff", __name__, url_prefix="/api")
@@ -86,7 +88,7 @@ def _patient_json(session: Session, patient: Patient) -> dict[str, Any]:
         .where(Reply.patient_id == patient.id)
         .order_by(col(Reply.received_at).desc(), col(Reply.id).desc())
     ).all()
-    media = _media_of(session, replies)
+    media = media_of(session, replies)
     changes = session.exec(
         select(ConsentChange)
         .where(ConsentChange.patient_id == patient.id)
@@ -159,7 +161,7 @@ def replies() -> ResponseReturnValue:
         query = query.where(Reply.urgent == (urgent == "true"))
     with Session(services().engine) as session:
         rows = session.exec(query).all()
-        media = _media_of(session, [r for r, _ in rows])
+        media = media_of(session, [r for r, _ in rows])
     return jsonify(
         {
             "replies": [
@@ -202,20 +204,6 @@ def _triage_json(reply: Reply, media: dict[int, list[ReplyMedia]]) -> dict[str, 
     }
 
 
-def _media_of(session: Session, replies: Sequence[Reply]) -> dict[int, list[ReplyMedia]]:
-    ids = [r.id for r in replies if r.id is not None]
-    found: dict[int, list[ReplyMedia]] = {}
-    if not ids:
-        return found
-    for item in session.exec(
-        select(ReplyMedia)
-        .where(col(ReplyMedia.reply_id).in_(ids))
-        .order_by(col(ReplyMedia.reply_id), col(ReplyMedia.position))
-    ).all():
-        found.setdefault(item.reply_id, []).append(item)
-    return found
-
-
 @bp.get("/replies/<sid>/media/<int:position>")
 @staff_only
 def reply_media(sid: str, position: int) -> ResponseReturnValue:
@@ -230,21 +218,10 @@ def reply_media(sid: str, position: int) -> ResponseReturnValue:
         ).first()
     if item is None:
         return jsonify({"error": f"reply {sid!r} has no file {position}"}), 404
-    if not is_image(item.content_type):
-        return jsonify({"error": f"not an image ({item.content_type}): not served"}), 415
     try:
-        photo = fetch_photo(svc.settings.twilio, item.url)
+        return photo_response(svc.settings.twilio, item)
     except MediaUnavailable as error:
         return jsonify({"error": str(error)}), error.status
-    return Response(
-        photo.content,
-        mimetype=photo.content_type,
-        headers={
-            "Cache-Control": "private, no-store",
-            "X-Content-Type-Options": "nosniff",
-            "Content-Security-Policy": "default-src 'none'; sandbox",
-        },
-    )
 
 
 @bp.post("/replies/<sid>/handled")

@@ -3,12 +3,13 @@ each with its patient and the message it answers."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, not_
 from sqlmodel import Session, col, select
 
-from notifier.store.models import WENT_OUT, Message, MessageKind, Patient, Reply
+from notifier.store.models import WENT_OUT, Message, MessageKind, Patient, Reply, ReplyMedia
 
 PAGE_SIZE = 50
 
@@ -57,3 +58,18 @@ def answered(session: Session, reply: Reply) -> Message | None:
 
 def find_reply(session: Session, reply_id: int) -> Reply | None:
     return session.get(Reply, reply_id)
+
+
+def media_of(session: Session, replies: Sequence[Reply]) -> dict[int, list[ReplyMedia]]:
+    """The files each reply carried (by reply id), in the order the patient sent them."""
+    ids = [r.id for r in replies if r.id is not None]
+    found: dict[int, list[ReplyMedia]] = {}
+    if not ids:
+        return found
+    for item in session.exec(
+        select(ReplyMedia)
+        .where(col(ReplyMedia.reply_id).in_(ids))
+        .order_by(col(ReplyMedia.reply_id), col(ReplyMedia.position))
+    ).all():
+        found.setdefault(item.reply_id, []).append(item)
+    return found

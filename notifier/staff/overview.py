@@ -3,22 +3,18 @@ each plan step leads to (opt-outs, replies), and the queue's health."""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from typing import Any
+from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, false, func
 from sqlmodel import Session, col, select
 
-from notifier.store.models import (
-    WENT_OUT,
-    ConsentChange,
-    Message,
-    MessageKind,
-    Reply,
-    Status,
-)
+from notifier.store import tally
+from notifier.store.models import WENT_OUT, ConsentChange, Message, MessageKind, Status
+from notifier.store.tally import MessageCount, ReplyCount
 
 DAYS = 30
 DELIVERED = (Status.DELIVERED, Status.READ)
@@ -68,90 +64,86 @@ class Queue:
         return self.overdue == 0 and self.stuck == 0
 
 
-def per_day(
-    session: Session, now: datetime, zone: ZoneInfo, days: int = DAYS
-) -> dict[date, dict[str, int]]:
-    """Messages whose send time fell on each of the last `days` days (in `zone`), by
-    status; every day present, quiet ones empty."""
+@dataclass(frozen=True)
+class Figures:
+    """The charts' figures over the last `DAYS` local days, today included."""
+
+    days: dict[date, dict[str, int]]  # messages by the local day of their send time, by status
+    channels: list[ChannelRate]
+    steps: list[StepRates]
+
+
+def figures(session: Session, now: datetime, zone: ZoneInfo, days: int = DAYS) -> Figures:
+    """Read from the tallies (`notifier.store.tally`), so the cost follows the number of
+    quarter hours and kinds of message, not the number of messages."""
     today = now.astimezone(zone).date()
     first = today - timedelta(days=days - 1)
-    start = datetime.combine(first, datetime.min.time(), zone)
-    day = _local_day(session, zone, now)
-    rows = session.exec(
-        select(day, Message.status, func.count())
-        .where(col(Message.send_at) >= start, col(Message.send_at) <= now)
-        .group_by(day, col(Message.status))
-    ).all()
+    start = datetime.combine(first, time(), zone)
+    end = datetime.combine(today + timedelta(days=1), time(), zone)
+    messages = tally.messages(session, start, end)
+    return Figures(
+        days=per_day(messages, zone, first, days),
+        channels=by_channel(messages),
+        steps=by_step(messages, tally.replies(session, start, end), _stops(session, start, end)),
+    )
+
+
+def per_day(
+    messages: Iterable[MessageCount], zone: ZoneInfo, first: date, days: int
+) -> dict[date, dict[str, int]]:
+    """Messages by the day (in `zone`) of their send time, by status; every day from
+    `first` present, quiet ones empty."""
     counts: dict[date, dict[str, int]] = {first + timedelta(days=n): {} for n in range(days)}
-    for when, status, count in rows:
-        key = when if isinstance(when, date) else date.fromisoformat(str(when))
-        if key in counts:
-            counts[key][status] = counts[key].get(status, 0) + count
+    for count in messages:
+        statuses = counts.get(count.quarter.astimezone(zone).date())
+        if statuses is not None:
+            statuses[count.status] = statuses.get(count.status, 0) + count.n
     return counts
 
 
-def _local_day(session: Session, zone: ZoneInfo, now: datetime) -> ColumnElement[Any]:
-    """The calendar day of a send time in `zone`. SQLite has no time zones: there the
-    zone's offset now stands in (a day's edge is off by an hour across a DST change)."""
-    if session.get_bind().dialect.name == "postgresql":
-        return func.date(func.timezone(zone.key, col(Message.send_at)))
-    offset = now.astimezone(zone).utcoffset() or timedelta(0)
-    return func.date(col(Message.send_at), f"{int(offset.total_seconds() // 60):+d} minutes")
+def by_channel(messages: Iterable[MessageCount]) -> list[ChannelRate]:
+    delivered: Counter[str] = Counter()
+    attempted: Counter[str] = Counter()
+    for count in messages:
+        if count.status in ATTEMPTED:
+            attempted[count.channel] += count.n
+            if count.status in DELIVERED:
+                delivered[count.channel] += count.n
+    return [ChannelRate(c, delivered[c], attempted[c]) for c in sorted(attempted)]
 
 
-def by_channel(session: Session, now: datetime, days: int = DAYS) -> list[ChannelRate]:
-    delivered = func.count().filter(col(Message.status).in_(DELIVERED))
+def by_step(
+    messages: Iterable[MessageCount], replies: Iterable[ReplyCount], stops: Mapping[str, int]
+) -> list[StepRates]:
+    """For each plan step: its messages that went out, and the patient opt-outs and
+    replies that followed it (each counted against the last message the patient had
+    been sent, stored with it when it arrived: `after_step`)."""
+    sent: Counter[str] = Counter()
+    for count in messages:
+        if count.kind == MessageKind.PLAN and count.status in WENT_OUT:
+            sent[count.step] += count.n
+    answered: Counter[str] = Counter()
+    for reply in replies:
+        answered[reply.step] += reply.n
+    steps = sorted({*sent, *stops, *answered}, key=_natural)
+    return [StepRates(s, sent[s], stops.get(s, 0), answered[s]) for s in steps]
+
+
+def _stops(session: Session, start: datetime, end: datetime) -> dict[str, int]:
+    """Patient opt-outs in [start, end) by the step they followed: a few per hundred
+    patients, read from their own index."""
     rows = session.exec(
-        select(Message.channel, delivered, func.count())
+        select(ConsentChange.after_step, func.count())
         .where(
-            col(Message.status).in_(ATTEMPTED),
-            col(Message.send_at) >= now - timedelta(days=days),
-            col(Message.send_at) <= now,
+            col(ConsentChange.consented).is_(false()),
+            col(ConsentChange.source).in_(PATIENT_STOPS),
+            col(ConsentChange.at) >= start,
+            col(ConsentChange.at) < end,
+            col(ConsentChange.after_step).is_not(None),
         )
-        .group_by(col(Message.channel))
-        .order_by(col(Message.channel))
+        .group_by(col(ConsentChange.after_step))
     ).all()
-    return [ChannelRate(channel, got, total) for channel, got, total in rows]
-
-
-def by_step(session: Session, now: datetime, days: int = DAYS) -> list[StepRates]:
-    """For each plan step: messages that went out in the last `days`, and the patient
-    opt-outs and replies that followed it (each counted against the last message the
-    patient had been sent, stored with it when it arrived: `after_step`)."""
-    since = now - timedelta(days=days)
-    sent = dict(
-        session.exec(
-            select(Message.step, func.count())
-            .where(
-                Message.kind == MessageKind.PLAN,
-                col(Message.status).in_(WENT_OUT),
-                col(Message.send_at) >= since,
-                col(Message.send_at) <= now,
-            )
-            .group_by(col(Message.step))
-        ).all()
-    )
-    stops = dict(
-        session.exec(
-            select(ConsentChange.after_step, func.count())
-            .where(
-                col(ConsentChange.consented).is_(false()),
-                col(ConsentChange.source).in_(PATIENT_STOPS),
-                col(ConsentChange.at) >= since,
-                col(ConsentChange.after_step).is_not(None),
-            )
-            .group_by(col(ConsentChange.after_step))
-        ).all()
-    )
-    replies = dict(
-        session.exec(
-            select(Reply.after_step, func.count())
-            .where(col(Reply.received_at) >= since, col(Reply.after_step).is_not(None))
-            .group_by(col(Reply.after_step))
-        ).all()
-    )
-    steps = sorted({*sent, *(s for s in stops if s), *(s for s in replies if s)}, key=_natural)
-    return [StepRates(s, sent.get(s, 0), stops.get(s, 0), replies.get(s, 0)) for s in steps]
+    return {step: n for step, n in rows if step}
 
 
 def _natural(step: str) -> tuple[str, int, str]:

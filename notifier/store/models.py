@@ -339,6 +339,59 @@ class Event(SQLModel, table=True):
     delivered_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
 
 
+# -- tallies: the overview's counts, kept by the database itself ---------------------
+#
+# Triggers (migration 0013, `notifier.store.tally`) write a change row for every
+# message and reply inserted, deleted, or moved to another count, so no code path can
+# forget one; the worker folds the changes into the tallies. Counts are per quarter
+# hour (UTC), so they add up to exact local days in every time zone.
+
+
+def _quarter() -> Column[datetime]:
+    return Column(UTCDateTime(), primary_key=True)
+
+
+class MessageTally(SQLModel, table=True):
+    """How many messages have their send time in a quarter hour, by kind, status,
+    channel and step."""
+
+    quarter: datetime = Field(sa_column=_quarter())
+    kind: str = Field(max_length=16, primary_key=True)
+    status: str = Field(max_length=16, primary_key=True)
+    channel: str = Field(max_length=16, primary_key=True)
+    step: str = Field(max_length=64, primary_key=True)
+    n: int
+
+
+class MessageTallyChange(SQLModel, table=True):
+    """+1 or -1 on a `MessageTally` count, written by a trigger, not yet folded in."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    quarter: datetime = Field(sa_column=_utc())
+    kind: str = Field(max_length=16)
+    status: str = Field(max_length=16)
+    channel: str = Field(max_length=16)
+    step: str = Field(max_length=64)
+    n: int
+
+
+class ReplyTally(SQLModel, table=True):
+    """How many replies from patients arrived in a quarter hour after each plan step."""
+
+    quarter: datetime = Field(sa_column=_quarter())
+    step: str = Field(max_length=64, primary_key=True)
+    n: int
+
+
+class ReplyTallyChange(SQLModel, table=True):
+    """+1 or -1 on a `ReplyTally` count, not yet folded in."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    quarter: datetime = Field(sa_column=_utc())
+    step: str = Field(max_length=64)
+    n: int
+
+
 # -- the staff dashboard (`notifier.staff`, `webhooks.dashboard`) ---------------------
 
 

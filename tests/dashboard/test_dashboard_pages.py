@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from sqlmodel import Session, col, select
 
+from notifier.consent.opt_out import Source, opt_out
+from notifier.store.db import transaction
 from notifier.store.models import ConsentChange, Message, Patient, Reply
 from tests.dashboard.conftest import NAME, Clinic, Staff
 
@@ -219,8 +221,54 @@ def test_recording_the_patients_wish_to_stop_holds_their_messages(
     assert statuses == {"held"}
     signed_in.get("/staff/patients/P-1001")
     assert "Opted out (recorded by staff)" in text_of(signed_in)
-    assert signed_in.last.select_one("form.action") is None
     assert "Stopped staff amira" in text_of(signed_in)  # the consent log
+    assert signed_in.last.select_one("form.action")["action"] == "/staff/patients/P-1001/resume"
+
+
+def test_staff_lift_an_opt_out_staff_recorded_and_the_plan_resumes(
+    signed_in: Staff, clinic: Clinic, engine: Any, clock: Any
+) -> None:
+    omar = clinic.patient()
+    clinic.message(omar, "day_7", status="scheduled", send_at=clinic.now + timedelta(days=6))
+    assert signed_in.post("/staff/patients/P-1001/stop").status_code == 302
+    clock.advance(minutes=5)
+    signed_in.get("/staff/patients/P-1001")
+    response = signed_in.post(signed_in.last.select_one("form.action")["action"])
+    assert response.headers["Location"] == "/staff/patients/P-1001"
+    with Session(engine) as session:
+        patient = session.exec(select(Patient).where(Patient.external_id == "P-1001")).one()
+        change = session.exec(select(ConsentChange).order_by(col(ConsentChange.id).desc())).first()
+        statuses = {m.status for m in session.exec(select(Message)).all()}
+    assert not patient.opted_out
+    assert (change.consented, change.source, change.by, change.at) == (
+        True,
+        "staff",
+        NAME,
+        clock.now,
+    )
+    assert statuses == {"scheduled"}
+    signed_in.get("/staff/patients/P-1001")
+    assert "Receiving" in signed_in.last.select_one("#patient-state").get_text()
+    assert "Recorded: messages will be sent again." in text_of(signed_in)
+
+
+def test_a_patients_own_stop_offers_staff_no_way_to_lift_it(
+    signed_in: Staff, clinic: Clinic, engine: Any
+) -> None:
+    omar = clinic.patient()
+    clinic.message(omar, "day_7", status="scheduled", send_at=clinic.now + timedelta(days=6))
+    with transaction(engine) as session:  # a STOP, recorded as the inbox records it
+        patient = session.get(Patient, omar.id)
+        assert patient is not None
+        opt_out(session, patient, Source.KEYWORD, clinic.now)
+    signed_in.get("/staff/patients/P-1001")
+    assert signed_in.last.select_one("form.action") is None
+    assert "only they can resume, by texting START" in text_of(signed_in)
+    response = signed_in.post("/staff/patients/P-1001/resume")
+    assert response.status_code == 409
+    assert "only the patient can resume" in response.get_data(as_text=True)
+    with Session(engine) as session:
+        assert {m.status for m in session.exec(select(Message)).all()} == {"held"}
 
 
 def test_an_unknown_patient_is_a_404_page(signed_in: Staff) -> None:
@@ -334,9 +382,6 @@ def test_the_overview_counts_patient_opt_outs_against_the_step_before_them(
     omar = clinic.patient()
     clinic.message(omar, "day_1", send_at=clinic.now - timedelta(days=2))
     clinic.message(omar, "day_3", send_at=clinic.now - timedelta(days=1))
-    from notifier.consent.opt_out import Source, opt_out
-    from notifier.store.db import transaction
-
     with transaction(engine) as session:  # a STOP, recorded as the inbox records it
         patient = session.get(Patient, omar.id)
         assert patient is not None

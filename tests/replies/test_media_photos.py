@@ -17,7 +17,8 @@ from notifier.delivery import twilio_media
 from notifier.settings import Settings
 from tests.conftest import PHONE, STAFF, TWILIO_TOKEN, BookingSystem, TwilioWebhooks
 from tests.conftest import completed_event as enrolment
-from tests.support.fake_twilio import PHOTO, FakeMessage, FakeTwilio
+from tests.support.fake_twilio import PHOTO, FakeTwilio
+from tests.support.twilio_webhooks import send_with_media as send
 
 BASE = "https://clinic.example"
 
@@ -43,33 +44,6 @@ def app(settings: Settings, fake: FakeTwilio, engine: Any, build_app: Callable[.
 def twilio(app: Any, clock: Any) -> TwilioWebhooks:
     assert BookingSystem(app, clock).post(enrolment()).status_code == 201
     return TwilioWebhooks(app, base_url=BASE)
-
-
-def send(
-    twilio: TwilioWebhooks,
-    fake: FakeTwilio,
-    body: str,
-    *,
-    photos: int = 1,
-    content_type: str = "image/jpeg",
-    sender: str = PHONE,
-    urls: list[str] | None = None,
-) -> FakeMessage:
-    """A patient's message with photos, as Twilio records it and posts its webhook."""
-    message = fake.add_inbound(sender.removeprefix("whatsapp:"), body, photos)
-    params = {
-        "MessageSid": message.sid,
-        "AccountSid": fake.account_sid,
-        "From": sender,
-        "To": "+14155550100",
-        "Body": body,
-        "NumMedia": str(photos),
-    }
-    for n in range(photos):
-        params[f"MediaUrl{n}"] = urls[n] if urls else fake.media_url(message, n)
-        params[f"MediaContentType{n}"] = content_type
-    assert twilio.post("/webhooks/twilio/inbound", params).status_code == 200
-    return message
 
 
 def listed(app: Any, sid: str) -> dict[str, Any]:

@@ -19,11 +19,13 @@ from notifier import create_app
 from notifier.settings import Settings
 from notifier.store import migrate
 from notifier.store.db import make_engine
-from notifier.store.models import Message, Status
+from notifier.store.models import Message, MessageTallyChange, Status
 from tests.conftest import SECRET, completed_event
 from tests.support.booking import enrol_due_now
 from tests.support.command import AFTERCARE, aftercare
+from tests.support.rows import count
 from tests.support.serving import free_port, wait_until_serving
+from tests.support.tallies import assert_tallies_match
 
 
 def test_plan_check_passes_on_the_shipped_plans() -> None:
@@ -226,6 +228,8 @@ def test_db_upgrade_then_dispatch_sends_what_is_due(tmp_path: Path) -> None:
             session.exec(select(Message).where(Message.step == "after_treatment")).one().status
             == Status.QUEUED
         )
+    assert count(engine, MessageTallyChange) == 0  # the overview's counts folded in
+    assert_tallies_match(engine)
     again = aftercare("dispatch", "--console", env=env)
     assert "dispatch: nothing due" in again.stdout
     engine.dispose()

@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 
 from flask import Flask
 
+from notifier.delivery.twilio_media import is_image
 from notifier.settings import is_timezone
 
 LANGUAGES = {
@@ -47,4 +48,5 @@ def install_filters(app: Flask) -> None:
     app.add_template_filter(local_time, "local_time")
     app.add_template_filter(language_name, "language_name")
     app.add_template_filter(percent, "percent")
+    app.add_template_test(is_image, "image")
     app.jinja_env.globals["right_to_left"] = RIGHT_TO_LEFT

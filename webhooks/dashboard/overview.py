@@ -20,10 +20,9 @@ def overview_page() -> ResponseReturnValue:
     svc = services()
     now, zone = svc.clock(), ZoneInfo(svc.settings.clinic_timezone)
     with reading(svc.engine) as db:
-        days = overview.per_day(db, now, zone)
-        channels = overview.by_channel(db, now)
-        steps = overview.by_step(db, now)
+        figures = overview.figures(db, now, zone)
         queue = overview.queue(db, now)
+    days, channels, steps = figures.days, figures.channels, figures.steps
     channel_rows = [(c.channel, c.rate, f"{percent(c.rate)} of {c.attempted}") for c in channels]
     opt_out_rows = [
         (s.step, s.opt_out_rate, f"{percent(s.opt_out_rate)} ({s.opt_outs})") for s in steps

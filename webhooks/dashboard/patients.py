@@ -1,4 +1,5 @@
-"""A patient's page (timeline, consent log, recording their wish to stop) and search."""
+"""A patient's page (timeline, consent log, recording their wish to stop or to resume)
+and search."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from flask.typing import ResponseReturnValue
 
 from notifier.consent import opt_out
 from notifier.privacy import mask_phone
-from notifier.staff import timeline
+from notifier.staff import inbox, timeline
 from notifier.staff.causes import explain
 from notifier.store.db import reading, transaction
 from webhooks.dashboard.blueprint import bp
@@ -44,10 +45,13 @@ def patient(patient_id: str) -> ResponseReturnValue:
         if found is None:
             abort(404, f"There is no patient with the booking id {patient_id[:64]!r}.")
         story = timeline.timeline(db, found)
+        replies = [event.reply for event in story.events if isinstance(event, timeline.Received)]
+        media = inbox.media_of(db, replies)
         stopped_by_patient = opt_out.opted_out_by_the_patient(db, found)
     return render_template(
         "dashboard/patient.html",
         story=story,
+        media=media,
         patient=story.patient,
         explain=explain,
         stopped_by_patient=stopped_by_patient,
@@ -68,4 +72,35 @@ def record_stop(patient_id: str) -> ResponseReturnValue:
             opt_out.opt_out(db, found, opt_out.Source.STAFF, svc.clock(), by=g.staff)
     log.info("patient %s opted out by %s", mask_phone(found.phone), g.staff)
     flash("Already opted out." if already else "Recorded: no more messages will be sent.")
+    return redirect(url_for("dashboard.patient", patient_id=patient_id))
+
+
+@bp.post("/patients/<patient_id>/resume")
+def record_resume(patient_id: str) -> ResponseReturnValue:
+    """Staff lift an opt-out that staff recorded (the patient changed their mind, or it
+    was recorded by mistake): held messages still valid go back into the schedule. A
+    patient's own STOP is theirs to lift, by texting START."""
+    svc = services()
+    with transaction(svc.engine) as db:
+        found = timeline.find(db, patient_id)
+        if found is None:
+            abort(404, f"There is no patient with the booking id {patient_id[:64]!r}.")
+        if opt_out.opted_out_by_the_patient(db, found):
+            abort(
+                409,
+                "The patient opted out themselves (STOP): only the patient can resume, by "
+                "texting START to the clinic's number.",
+            )
+        was_out = found.opted_out
+        if was_out:
+            opt_out.opt_in(
+                db,
+                found,
+                opt_out.Source.STAFF,
+                svc.clock(),
+                by=g.staff,
+                quiet=svc.settings.quiet_hours,
+            )
+    log.info("patient %s opted in again by %s", mask_phone(found.phone), g.staff)
+    flash("Recorded: messages will be sent again." if was_out else "Already receiving messages.")
     return redirect(url_for("dashboard.patient", patient_id=patient_id))
