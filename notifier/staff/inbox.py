@@ -3,6 +3,7 @@ each with its patient and the message it answers."""
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,25 +36,35 @@ def unhandled(session: Session, page: int = 1) -> list[InboxItem]:
         .offset((page - 1) * PAGE_SIZE)
         .limit(PAGE_SIZE)
     ).all()
-    return [InboxItem(reply, patient, answered(session, reply)) for reply, patient in rows]
+    answers = answered(session, [reply for reply, _ in rows])
+    return [InboxItem(reply, patient, answers.get(reply.id or 0)) for reply, patient in rows]
 
 
-def answered(session: Session, reply: Reply) -> Message | None:
-    """The message a reply answers: the last one of the plan that went out to the
-    patient before the reply arrived."""
-    if reply.patient_id is None:
-        return None
-    return session.exec(
+def answered(session: Session, replies: Sequence[Reply]) -> dict[int, Message]:
+    """The message each reply answers (by reply id): the last one of the plan that went
+    out to the patient before the reply arrived. One read for the whole page."""
+    known = [r for r in replies if r.patient_id is not None and r.id is not None]
+    if not known:
+        return {}
+    sent: dict[int, list[Message]] = {}
+    for message in session.exec(
         select(Message)
         .where(
-            Message.patient_id == reply.patient_id,
+            col(Message.patient_id).in_({r.patient_id for r in known}),
             Message.kind == MessageKind.PLAN,
             col(Message.status).in_(WENT_OUT),
-            col(Message.send_at) <= reply.received_at,
+            col(Message.send_at) <= max(r.received_at for r in known),
         )
-        .order_by(col(Message.send_at).desc(), col(Message.id).desc())
-        .limit(1)
-    ).first()
+        .order_by(col(Message.send_at), col(Message.id))
+    ):
+        sent.setdefault(message.patient_id, []).append(message)
+    found: dict[int, Message] = {}
+    for reply in known:
+        theirs = sent.get(reply.patient_id or 0, [])
+        before = bisect_right([m.send_at for m in theirs], reply.received_at)
+        if before:
+            found[reply.id or 0] = theirs[before - 1]
+    return found
 
 
 def find_reply(session: Session, reply_id: int) -> Reply | None:

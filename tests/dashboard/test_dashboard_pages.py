@@ -74,6 +74,32 @@ def test_each_reply_shows_the_message_it_answers_and_the_time_in_the_patients_zo
     assert "Mon 1 Mar 2027, 09:00 +04 (Asia/Dubai)" in text_of(signed_in)
 
 
+def test_each_reply_on_a_page_answers_the_last_message_its_patient_had_then(
+    signed_in: Staff, clinic: Clinic
+) -> None:
+    omar = clinic.patient()
+    layla = clinic.patient("P-2002", phone="+971502222222")
+    clinic.message(omar, "day_0", send_at=clinic.now - timedelta(days=2))
+    clinic.message(omar, "day_1", send_at=clinic.now - timedelta(days=1))
+    clinic.message(omar, "day_2", status="failed", send_at=clinic.now - timedelta(hours=6))
+    clinic.message(layla, "day_4", send_at=clinic.now - timedelta(days=3))
+    clinic.reply(omar, "first", received_at=clinic.now - timedelta(days=1, hours=12))
+    clinic.reply(omar, "second", received_at=clinic.now - timedelta(hours=2))
+    clinic.reply(layla, "hers", received_at=clinic.now - timedelta(hours=1))
+    clinic.reply(layla, "before anything", received_at=clinic.now - timedelta(days=4))
+    signed_in.get("/staff/")
+    answers = {
+        a.select_one("blockquote").get_text(): [s.get_text() for s in a.select("summary")]
+        for a in signed_in.last.select("article.reply")
+    }
+    assert {body: " ".join(s).split("”")[0] for body, s in answers.items()} == {
+        "first": "In answer to “day_0",
+        "second": "In answer to “day_1",  # day_2 failed: it never reached Omar
+        "hers": "In answer to “day_4",
+        "before anything": "",
+    }
+
+
 def test_a_reply_from_an_unknown_number_is_listed_too(signed_in: Staff, clinic: Clinic) -> None:
     clinic.reply(None, "who is this?", from_phone="+971509999999")
     signed_in.get("/staff/")
