@@ -24,7 +24,7 @@ from notifier.store.models import (
     ReplyTallyChange,
 )
 
-# Any 64-bit number of this module's own, naming the lock two folds take in turn.
+# Any 64-bit number of this module's own: the PostgreSQL advisory lock a fold holds.
 _FOLD_LOCK = 0x7A11_4F01D
 MESSAGE_KEY = ("kind", "status", "channel", "step")
 
