@@ -257,24 +257,19 @@ def staff_consent(patient_id: str) -> ResponseReturnValue:
         patient = session.exec(select(Patient).where(Patient.external_id == patient_id)).first()
         if patient is None:
             return jsonify({"error": f"no patient {patient_id!r}"}), 404
-        if not data["opted_out"] and opt_out.opted_out_by_the_patient(session, patient):
+        now, quiet = svc.clock(), svc.settings.quiet_hours
+        try:
+            if data["opted_out"]:
+                opt_out.opt_out(session, patient, opt_out.Source.STAFF, now, by=g.staff)
+            else:
+                opt_out.resume_for_staff(session, patient, now, g.staff, quiet=quiet)
+        except opt_out.PatientsOwnStop:
             return jsonify(
                 {
                     "error": "the patient opted out themselves (STOP); only the patient can "
                     "resume, by texting START to the clinic's number"
                 }
             ), 409
-        if data["opted_out"]:
-            opt_out.opt_out(session, patient, opt_out.Source.STAFF, svc.clock(), by=g.staff)
-        else:
-            opt_out.opt_in(
-                session,
-                patient,
-                opt_out.Source.STAFF,
-                svc.clock(),
-                by=g.staff,
-                quiet=svc.settings.quiet_hours,
-            )
         return jsonify({"id": patient_id, "opted_out": patient.opted_out})
 
 

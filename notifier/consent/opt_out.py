@@ -126,6 +126,22 @@ def resume_held(session: Session, patient: Patient, now: datetime, quiet: QuietH
     return resumed
 
 
+class PatientsOwnStop(Exception):
+    """Staff asked to lift an opt-out the patient made: only their START lifts it."""
+
+
+def resume_for_staff(
+    session: Session, patient: Patient, now: datetime, by: str, *, quiet: QuietHours | None
+) -> bool:
+    """Staff record the patient's wish, told to the clinic, to get messages again; True
+    if the patient was opted out. `PatientsOwnStop` if the opt-out was the patient's."""
+    if opted_out_by_the_patient(session, patient):
+        raise PatientsOwnStop(patient.external_id)
+    was_out = patient.opted_out
+    opt_in(session, patient, Source.STAFF, now, by=by, quiet=quiet)
+    return was_out
+
+
 def opted_out_by_the_patient(session: Session, patient: Patient) -> bool:
     """Whether the patient's opt-out is their own (a STOP keyword, or Twilio's 21610 for
     a STOP sent to Twilio): only the patient can lift it, by texting START."""

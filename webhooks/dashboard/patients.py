@@ -7,12 +7,14 @@ import logging
 
 from flask import abort, flash, g, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
+from sqlmodel import Session
 
 from notifier.consent import opt_out
 from notifier.privacy import mask_phone
 from notifier.staff import inbox, timeline
 from notifier.staff.causes import explain
 from notifier.store.db import reading, transaction
+from notifier.store.models import Patient
 from webhooks.dashboard.blueprint import bp
 from webhooks.services import services
 
@@ -41,9 +43,7 @@ def search() -> ResponseReturnValue:
 @bp.get("/patients/<patient_id>")
 def patient(patient_id: str) -> ResponseReturnValue:
     with reading(services().engine) as db:
-        found = timeline.find(db, patient_id)
-        if found is None:
-            abort(404, f"There is no patient with the booking id {patient_id[:64]!r}.")
+        found = _patient(db, patient_id)
         story = timeline.timeline(db, found)
         replies = [event.reply for event in story.events if isinstance(event, timeline.Received)]
         media = inbox.media_of(db, replies)
@@ -64,9 +64,7 @@ def record_stop(patient_id: str) -> ResponseReturnValue:
     the staff API's consent call: everything pending is held)."""
     svc = services()
     with transaction(svc.engine) as db:
-        found = timeline.find(db, patient_id)
-        if found is None:
-            abort(404, f"There is no patient with the booking id {patient_id[:64]!r}.")
+        found = _patient(db, patient_id)
         already = found.opted_out
         if not already:
             opt_out.opt_out(db, found, opt_out.Source.STAFF, svc.clock(), by=g.staff)
@@ -82,25 +80,25 @@ def record_resume(patient_id: str) -> ResponseReturnValue:
     patient's own STOP is theirs to lift, by texting START."""
     svc = services()
     with transaction(svc.engine) as db:
-        found = timeline.find(db, patient_id)
-        if found is None:
-            abort(404, f"There is no patient with the booking id {patient_id[:64]!r}.")
-        if opt_out.opted_out_by_the_patient(db, found):
+        found = _patient(db, patient_id)
+        try:
+            was_out = opt_out.resume_for_staff(
+                db, found, svc.clock(), g.staff, quiet=svc.settings.quiet_hours
+            )
+        except opt_out.PatientsOwnStop:
             abort(
                 409,
                 "The patient opted out themselves (STOP): only the patient can resume, by "
                 "texting START to the clinic's number.",
             )
-        was_out = found.opted_out
-        if was_out:
-            opt_out.opt_in(
-                db,
-                found,
-                opt_out.Source.STAFF,
-                svc.clock(),
-                by=g.staff,
-                quiet=svc.settings.quiet_hours,
-            )
     log.info("patient %s opted in again by %s", mask_phone(found.phone), g.staff)
     flash("Recorded: messages will be sent again." if was_out else "Already receiving messages.")
     return redirect(url_for("dashboard.patient", patient_id=patient_id))
+
+
+def _patient(db: Session, patient_id: str) -> Patient:
+    """The patient with this booking id, or a 404 page saying there is none."""
+    found = timeline.find(db, patient_id)
+    if found is None:
+        abort(404, f"There is no patient with the booking id {patient_id[:64]!r}.")
+    return found

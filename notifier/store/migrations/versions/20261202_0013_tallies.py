@@ -29,7 +29,7 @@ depends_on: str | Sequence[str] | None = None
 
 MESSAGE = ("kind", "status", "channel", "step")
 MESSAGE_WATCHED = ("send_at", *MESSAGE)
-REPLY_COUNTED = "patient_id IS NOT NULL AND after_step IS NOT NULL"
+REPLY_WATCHED = ("received_at", "patient_id", "after_step")
 
 
 def _text(length: int) -> sqlmodel.sql.sqltypes.AutoString:
@@ -58,18 +58,20 @@ def _reply_values(row: str, n: int) -> str:
     return f"({quarter(f'{row}.received_at')}, {row}.after_step, {n})"
 
 
-def _changed(columns: Sequence[str]) -> str:
+def _changed(columns: Sequence[str], differs: str = "IS DISTINCT FROM") -> str:
     # Only this file's own column names go into it, never input.
-    return " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in columns)
+    return " OR ".join(f"OLD.{c} {differs} NEW.{c}" for c in columns)
+
+
+def _reply_counted(row: str) -> str:
+    """A reply is counted once it is a known patient's, after a step of their plan."""
+    return f"{row}.patient_id IS NOT NULL AND {row}.after_step IS NOT NULL"
 
 
 def create_triggers() -> None:
     message = "INSERT INTO messagetallychange (quarter, kind, status, channel, step, n) VALUES "
     reply = "INSERT INTO replytallychange (quarter, step, n) VALUES "
-    new_reply = REPLY_COUNTED.replace("patient_id", "NEW.patient_id").replace(
-        "after_step", "NEW.after_step"
-    )
-    old_reply = new_reply.replace("NEW.", "OLD.")
+    new_reply, old_reply = _reply_counted("NEW"), _reply_counted("OLD")
     watched = ", ".join(MESSAGE_WATCHED)
     if op.get_bind().dialect.name == "postgresql":
         _run(f"""
@@ -106,15 +108,13 @@ def create_triggers() -> None:
             FOR EACH ROW EXECUTE FUNCTION reply_tally_change()""")
         _run(f"""
             CREATE TRIGGER reply_tally_update
-            AFTER UPDATE OF received_at, patient_id, after_step ON reply
-            FOR EACH ROW WHEN ({_changed(("received_at", "patient_id", "after_step"))})
+            AFTER UPDATE OF {", ".join(REPLY_WATCHED)} ON reply
+            FOR EACH ROW WHEN ({_changed(REPLY_WATCHED)})
             EXECUTE FUNCTION reply_tally_change()""")
         return
     # SQLite: one trigger per operation; IS NOT is its IS DISTINCT FROM.
-    sqlite_changed = _changed(MESSAGE_WATCHED).replace("IS DISTINCT FROM", "IS NOT")
-    reply_changed = _changed(("received_at", "patient_id", "after_step")).replace(
-        "IS DISTINCT FROM", "IS NOT"
-    )
+    sqlite_changed = _changed(MESSAGE_WATCHED, "IS NOT")
+    reply_changed = _changed(REPLY_WATCHED, "IS NOT")
     _run(f"""
         CREATE TRIGGER message_tally_insert AFTER INSERT ON message
         BEGIN {message} {_message_values("NEW", 1)}; END""")
@@ -136,12 +136,12 @@ def create_triggers() -> None:
         BEGIN {reply} {_reply_values("OLD", -1)}; END""")
     _run(f"""
         CREATE TRIGGER reply_tally_update_old
-        AFTER UPDATE OF received_at, patient_id, after_step ON reply
+        AFTER UPDATE OF {", ".join(REPLY_WATCHED)} ON reply
         WHEN ({reply_changed}) AND {old_reply}
         BEGIN {reply} {_reply_values("OLD", -1)}; END""")
     _run(f"""
         CREATE TRIGGER reply_tally_update_new
-        AFTER UPDATE OF received_at, patient_id, after_step ON reply
+        AFTER UPDATE OF {", ".join(REPLY_WATCHED)} ON reply
         WHEN ({reply_changed}) AND {new_reply}
         BEGIN {reply} {_reply_values("NEW", 1)}; END""")
 
@@ -219,7 +219,7 @@ def upgrade() -> None:
     _run(f"""
         INSERT INTO replytally (quarter, step, n)
         SELECT {quarter("received_at")}, after_step, count(*) FROM reply
-        WHERE {REPLY_COUNTED}
+        WHERE {_reply_counted("reply")}
         GROUP BY {quarter("received_at")}, after_step""")  # noqa: S608 - this file's own names
 
 
